@@ -1,0 +1,158 @@
+//! The telemetry document each sidecar serves at `/v1/telemetry` and the operator collects: the
+//! facts (VRAM, queues, measured profiles) that re-planning and autoscaling are decided from.
+
+use crate::model::Precision;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `kind` of the telemetry document.
+pub const TELEMETRY_KIND: &str = "SidecarTelemetry";
+
+/// One report from one sidecar process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryReport {
+    /// Always `gpupool.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `SidecarTelemetry`.
+    pub kind: String,
+    /// Generation of the config the process runs.
+    pub config_generation: i64,
+    /// Whether every model is loaded and calibrated (the readiness probe's answer).
+    pub ready: bool,
+    /// Whether new work is being refused because device memory is above the reject threshold.
+    pub circuit_open: bool,
+    /// The GPU as NVML sees it; absent when running on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceTelemetry>,
+    /// The libtorch caching allocator, in this process.
+    pub allocator: AllocatorTelemetry,
+    /// One entry per configured model.
+    pub models: Vec<ModelTelemetry>,
+}
+
+/// Device-wide memory and load, from NVML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTelemetry {
+    /// Product name, e.g. "NVIDIA H200".
+    pub name: String,
+    /// Total device memory.
+    pub total_bytes: u64,
+    /// Device memory in use by all processes.
+    pub used_bytes: u64,
+    /// Device memory free.
+    pub free_bytes: u64,
+    /// GPU utilisation over the last sample period, percent.
+    pub utilization_percent: u32,
+    /// Device memory this process holds, when the driver reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_used_bytes: Option<u64>,
+}
+
+impl DeviceTelemetry {
+    /// Used memory as a fraction of the card.
+    pub fn used_fraction(&self) -> f64 {
+        if self.total_bytes == 0 {
+            0.0
+        } else {
+            self.used_bytes as f64 / self.total_bytes as f64
+        }
+    }
+}
+
+/// The caching allocator's view of this process's memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocatorTelemetry {
+    /// Bytes in live tensors.
+    pub allocated_bytes: u64,
+    /// Bytes the allocator holds from the driver (allocated + cached).
+    pub reserved_bytes: u64,
+    /// High-water mark of `reserved_bytes` since start.
+    pub peak_reserved_bytes: u64,
+    /// The process's memory budget (admission never lets reservations pass it).
+    pub budget_bytes: u64,
+    /// Bytes currently reserved by admission for running batches and loaded weights.
+    pub admitted_bytes: u64,
+}
+
+/// Life-cycle state of a model in a sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase")]
+pub enum ModelState {
+    /// Being loaded or calibrated.
+    Loading,
+    /// Loaded, calibrated and serving.
+    Ready,
+    /// Not loaded now (evicted to make room); loads again on the next request.
+    Unloaded,
+    /// Could not be loaded; see `reason`.
+    Failed,
+}
+
+/// Measured cost of one (precision, batch size) on this GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfilePoint {
+    /// Precision measured.
+    pub precision: Precision,
+    /// Batch size measured.
+    pub batch_size: u32,
+    /// Median latency of one batch, milliseconds.
+    pub latency_ms: f64,
+    /// Peak bytes the batch added above the weights.
+    pub peak_bytes: u64,
+}
+
+impl ProfilePoint {
+    /// Throughput at this point, images per second.
+    pub fn images_per_second(&self) -> f64 {
+        if self.latency_ms <= 0.0 {
+            0.0
+        } else {
+            f64::from(self.batch_size) * 1000.0 / self.latency_ms
+        }
+    }
+}
+
+/// Counters and gauges of one model in one process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelTelemetry {
+    /// Model name.
+    pub name: String,
+    /// Current state.
+    pub state: ModelState,
+    /// Why the model is not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Precision it runs at (after `auto` was resolved).
+    pub precision: Precision,
+    /// Current batch-size cap (lowered after an out-of-memory error).
+    pub batch_cap: u32,
+    /// Execution slots.
+    pub slots: u32,
+    /// Bytes the weights take.
+    pub weights_bytes: u64,
+    /// Requests waiting for a batch.
+    pub queue_depth: u32,
+    /// Images in batches running now.
+    pub in_flight: u32,
+    /// Images answered since start.
+    pub images_total: u64,
+    /// Batches run since start.
+    pub batches_total: u64,
+    /// Requests refused (queue full or circuit open) since start.
+    pub rejected_total: u64,
+    /// CUDA out-of-memory errors recovered from since start.
+    pub oom_events_total: u64,
+    /// Median time from enqueue to result over the recent window, milliseconds.
+    pub latency_p50_ms: f64,
+    /// 99th percentile of the same, milliseconds.
+    pub latency_p99_ms: f64,
+    /// Images per second over the recent window.
+    pub images_per_second: f64,
+    /// Calibrated cost per (precision, batch size).
+    pub profile: Vec<ProfilePoint>,
+}

@@ -1,0 +1,320 @@
+//! Decoding uploaded image bytes (PNG, JPEG, TIFF) into pixels, with limits checked first.
+//!
+//! Microscopes write 8- and 16-bit, grayscale or colour files. We keep the samples as
+//! decoded (8 or 16 bits, 1 or 3 channels) instead of widening everything to RGB8: grayscale
+//! stays a third of the size, and 16-bit data keeps its full precision until the
+//! pre-processing pass turns it into `f32` (`value / 65535`), so no information is thrown
+//! away by an intermediate `value / 257` rounding to 8 bits. The conversion to three channels
+//! happens in that same pass (a gray sample feeds all three planes), which gives exactly what
+//! converting to RGB first would give.
+//!
+//! Alpha is dropped without compositing, as PIL's `convert("RGB")` in the original service
+//! did. EXIF orientation is not applied (the original did not either), so polygon
+//! coordinates refer to the stored pixel grid. Multi-page TIFFs decode their first page.
+
+use std::io::Cursor;
+
+use image::{
+    DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, Luma,
+    Rgb,
+};
+use thiserror::Error;
+
+/// A grayscale image with 16-bit samples, as microscopy cameras write them.
+pub type Gray16Image = ImageBuffer<Luma<u16>, Vec<u16>>;
+/// An RGB image with 16-bit samples.
+pub type Rgb16Image = ImageBuffer<Rgb<u16>, Vec<u16>>;
+
+/// Limits applied before any pixel buffer is allocated, so one request cannot exhaust memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted `width * height`, checked against the file header before decoding.
+    pub max_pixels: u64,
+    /// Largest number of bytes the decoder may allocate (output buffer included).
+    pub max_alloc_bytes: u64,
+}
+
+impl DecodeLimits {
+    /// Default pixel limit: 40 megapixels (e.g. 6324×6324), above any single microscope frame
+    /// we know of. Post-processing needs about 9 bytes per original pixel at its peak.
+    pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+            // RGBA with 16-bit samples (8 bytes per pixel) is the widest layout we accept.
+            max_alloc_bytes: Self::DEFAULT_MAX_PIXELS * 8,
+        }
+    }
+}
+
+/// The container formats the service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Portable Network Graphics.
+    Png,
+    /// JPEG (baseline or progressive, 8-bit).
+    Jpeg,
+    /// TIFF, as written by most microscope software.
+    Tiff,
+}
+
+impl SourceFormat {
+    /// Lower-case name, used in error messages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Png => "png",
+            SourceFormat::Jpeg => "jpeg",
+            SourceFormat::Tiff => "tiff",
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            SourceFormat::Png => ImageFormat::Png,
+            SourceFormat::Jpeg => ImageFormat::Jpeg,
+            SourceFormat::Tiff => ImageFormat::Tiff,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an upload could not be decoded. Every variant is the client's problem (a 4xx); the
+/// message tells the client what to change.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The request carried no image bytes at all.
+    #[error("the uploaded file is empty; send a PNG, JPEG or TIFF image")]
+    EmptyBody,
+    /// The bytes are not a PNG, JPEG or TIFF file.
+    #[error("the uploaded file is not a PNG, JPEG or TIFF image")]
+    UnsupportedFormat,
+    /// The container is supported but this file uses a feature we cannot decode.
+    #[error("this {format} file uses a feature that is not supported ({detail}); re-save it as 8- or 16-bit grayscale or RGB")]
+    UnsupportedEncoding {
+        /// The detected container format.
+        format: SourceFormat,
+        /// What the decoder could not handle.
+        detail: String,
+    },
+    /// The header declares an image without pixels.
+    #[error("the image is {width}x{height}; it must have at least one pixel")]
+    ZeroSize {
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+    },
+    /// The header declares more pixels than this server accepts.
+    #[error("the image is {width}x{height} ({} pixels), above the limit of {limit} pixels; downscale or crop it", u64::from(*width) * u64::from(*height))]
+    TooManyPixels {
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// The configured pixel limit.
+        limit: u64,
+    },
+    /// Decoding would need more memory than allowed (e.g. very wide samples or many channels).
+    #[error("decoding this image needs more than {limit_bytes} bytes of memory; send it as 8- or 16-bit grayscale or RGB, or smaller")]
+    TooMuchMemory {
+        /// The configured allocation limit in bytes.
+        limit_bytes: u64,
+    },
+    /// The file ends before the image data does (an interrupted upload or a cut file).
+    #[error("the {format} file is truncated ({detail}); upload the complete file")]
+    Truncated {
+        /// The detected container format.
+        format: SourceFormat,
+        /// What the decoder reported.
+        detail: String,
+    },
+    /// The file is damaged or not what its signature claims.
+    #[error("the {format} file is corrupt ({detail})")]
+    Corrupt {
+        /// The detected container format.
+        format: SourceFormat,
+        /// What the decoder reported.
+        detail: String,
+    },
+}
+
+impl DecodeError {
+    /// A stable, bounded identifier for the JSON `error_type` field and metric labels.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            DecodeError::EmptyBody => "empty_body",
+            DecodeError::UnsupportedFormat => "unsupported_format",
+            DecodeError::UnsupportedEncoding { .. } => "unsupported_encoding",
+            DecodeError::ZeroSize { .. } => "zero_size",
+            DecodeError::TooManyPixels { .. } => "too_many_pixels",
+            DecodeError::TooMuchMemory { .. } => "too_much_memory",
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
+/// Decoded samples in the layout the pre-processing pass reads directly.
+#[derive(Debug, Clone)]
+pub(crate) enum Pixels {
+    Gray8(image::GrayImage),
+    Rgb8(image::RgbImage),
+    Gray16(Gray16Image),
+    Rgb16(Rgb16Image),
+}
+
+/// An uploaded image after decoding: 1 or 3 channels of 8- or 16-bit samples.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    pub(crate) pixels: Pixels,
+    format: SourceFormat,
+}
+
+impl DecodedImage {
+    /// Width in pixels; polygons are reported in this coordinate system.
+    pub fn width(&self) -> u32 {
+        self.dimensions().0
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> u32 {
+        self.dimensions().1
+    }
+
+    /// `(width, height)` in pixels.
+    pub fn dimensions(&self) -> (u32, u32) {
+        match &self.pixels {
+            Pixels::Gray8(i) => i.dimensions(),
+            Pixels::Rgb8(i) => i.dimensions(),
+            Pixels::Gray16(i) => i.dimensions(),
+            Pixels::Rgb16(i) => i.dimensions(),
+        }
+    }
+
+    /// The container the image came in, for logs and metrics.
+    pub fn source_format(&self) -> SourceFormat {
+        self.format
+    }
+
+    /// Bits per sample kept after decoding: 8 or 16.
+    pub fn bits_per_sample(&self) -> u8 {
+        match &self.pixels {
+            Pixels::Gray8(_) | Pixels::Rgb8(_) => 8,
+            Pixels::Gray16(_) | Pixels::Rgb16(_) => 16,
+        }
+    }
+
+    /// Channels kept after decoding: 1 (grayscale) or 3 (RGB).
+    pub fn channels(&self) -> u8 {
+        match &self.pixels {
+            Pixels::Gray8(_) | Pixels::Gray16(_) => 1,
+            Pixels::Rgb8(_) | Pixels::Rgb16(_) => 3,
+        }
+    }
+
+    fn from_dynamic(format: SourceFormat, image: DynamicImage) -> Result<Self, DecodeError> {
+        let pixels = match image {
+            DynamicImage::ImageLuma8(i) => Pixels::Gray8(i),
+            DynamicImage::ImageRgb8(i) => Pixels::Rgb8(i),
+            DynamicImage::ImageLuma16(i) => Pixels::Gray16(i),
+            DynamicImage::ImageRgb16(i) => Pixels::Rgb16(i),
+            i @ DynamicImage::ImageLumaA8(_) => Pixels::Gray8(i.to_luma8()),
+            i @ DynamicImage::ImageRgba8(_) => Pixels::Rgb8(i.to_rgb8()),
+            i @ DynamicImage::ImageLumaA16(_) => Pixels::Gray16(i.to_luma16()),
+            i @ DynamicImage::ImageRgba16(_) => Pixels::Rgb16(i.to_rgb16()),
+            // Float samples have no agreed range (0..1? raw counts?); refusing is more honest
+            // than guessing a scale that silently saturates the image.
+            other => {
+                return Err(DecodeError::UnsupportedEncoding {
+                    format,
+                    detail: format!("{:?} samples", other.color()),
+                })
+            }
+        };
+        Ok(DecodedImage { pixels, format })
+    }
+}
+
+/// Decodes an uploaded PNG, JPEG or TIFF file.
+///
+/// The header is read first and the declared size checked against `limits` before any pixel
+/// buffer is allocated, so a small file claiming a huge image (a decompression bomb) costs
+/// nothing.
+pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::EmptyBody);
+    }
+    let format = match image::guess_format(bytes) {
+        Ok(ImageFormat::Png) => SourceFormat::Png,
+        Ok(ImageFormat::Jpeg) => SourceFormat::Jpeg,
+        Ok(ImageFormat::Tiff) => SourceFormat::Tiff,
+        _ => return Err(DecodeError::UnsupportedFormat),
+    };
+    let mut image_limits = Limits::no_limits();
+    image_limits.max_alloc = Some(limits.max_alloc_bytes);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    reader.limits(image_limits);
+    // Only the header is parsed here; no pixel buffer exists yet.
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| classify(format, limits, e))?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(DecodeError::ZeroSize { width, height });
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    if decoder.total_bytes() > limits.max_alloc_bytes {
+        return Err(DecodeError::TooMuchMemory {
+            limit_bytes: limits.max_alloc_bytes,
+        });
+    }
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, limits, e))?;
+    DecodedImage::from_dynamic(format, image)
+}
+
+/// Maps the image crate's error to the variant a client can act on.
+fn classify(format: SourceFormat, limits: &DecodeLimits, error: ImageError) -> DecodeError {
+    match error {
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated {
+                format,
+                detail: e.to_string(),
+            }
+        }
+        ImageError::Limits(_) => DecodeError::TooMuchMemory {
+            limit_bytes: limits.max_alloc_bytes,
+        },
+        ImageError::Unsupported(e) => DecodeError::UnsupportedEncoding {
+            format,
+            detail: e.to_string(),
+        },
+        other => {
+            let detail = other.to_string();
+            // Some decoders report a short file as a format error rather than an I/O error.
+            let lower = detail.to_ascii_lowercase();
+            if lower.contains("eof") || lower.contains("end of file") || lower.contains("truncat") {
+                DecodeError::Truncated { format, detail }
+            } else {
+                DecodeError::Corrupt { format, detail }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;
