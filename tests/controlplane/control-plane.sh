@@ -139,16 +139,22 @@ cmd_up() {
     --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" >"$dir/logs/etcd.log" 2>&1 &
   echo $! >> "$dir/pids"
-  "$BIN_DIR/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \
-    --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
-    --service-account-key-file "$dir/certs/sa.pub" \
-    --service-account-signing-key-file "$dir/certs/sa.key" \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged \
-    --enable-admission-plugins NamespaceLifecycle,ServiceAccount,DefaultStorageClass,ResourceQuota \
-    >"$dir/logs/kube-apiserver.log" 2>&1 &
-  echo $! >> "$dir/pids"
+  # The API server's command line is kept in a script so tests can stop and restart it alone.
+  cat > "$dir/start-apiserver.sh" <<APISERVER
+#!/usr/bin/env bash
+exec "$BIN_DIR/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \\
+  --bind-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \\
+  --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \\
+  --service-account-key-file "$dir/certs/sa.pub" \\
+  --service-account-signing-key-file "$dir/certs/sa.key" \\
+  --service-account-issuer https://kubernetes.default.svc \\
+  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged \\
+  --enable-admission-plugins NamespaceLifecycle,ServiceAccount,DefaultStorageClass,ResourceQuota \\
+  >>"$dir/logs/kube-apiserver.log" 2>&1
+APISERVER
+  chmod +x "$dir/start-apiserver.sh"
+  "$dir/start-apiserver.sh" &
+  echo $! > "$dir/apiserver.pid"
   local server="https://127.0.0.1:$api_port"
   cat > "$dir/kubeconfig" <<KC
 apiVersion: v1
@@ -190,8 +196,24 @@ KC
   echo "$dir/kubeconfig"
 }
 
+cmd_restart_apiserver() { # stop the API server alone, wait SECONDS (default 0), start it again
+  local dir=${1:?usage: restart-apiserver DIR [SECONDS]} pause=${2:-0}
+  local pid token
+  pid=$(cat "$dir/apiserver.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  sleep "$pause"
+  "$dir/start-apiserver.sh" &
+  echo $! > "$dir/apiserver.pid"
+  token=$(cut -d, -f1 "$dir/tokens.csv")
+  wait_for "$(awk '/server:/ {print $2}' "$dir/kubeconfig")/readyz" "$token" 60
+}
+
 cmd_down() {
   local dir=${1:?usage: down DIR}
+  if [[ -f "$dir/apiserver.pid" ]]; then
+    echo "$(cat "$dir/apiserver.pid")" >> "$dir/pids"; rm -f "$dir/apiserver.pid"
+  fi
   if [[ -f "$dir/pids" ]]; then
     # Reverse order: scheduler, controller-manager, API server, etcd.
     tac "$dir/pids" | while read -r pid; do kill "$pid" 2>/dev/null || true; done
@@ -209,6 +231,7 @@ case "${1:-}" in
   build) cmd_build ;;
   up) cmd_up "${2:-}" ;;
   down) cmd_down "${2:-}" ;;
+  restart-apiserver) cmd_restart_apiserver "${2:-}" "${3:-0}" ;;
   bin-dir) echo "$BIN_DIR" ;;
-  *) echo "usage: $0 install|build|up DIR|down DIR|bin-dir" >&2; exit 2 ;;
+  *) echo "usage: $0 install|build|up DIR|down DIR|restart-apiserver DIR [SECONDS]|bin-dir" >&2; exit 2 ;;
 esac

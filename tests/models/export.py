@@ -11,10 +11,13 @@ own dtype and its logits back to float32, so callers (the Rust executor) never d
 
 - TorchScript (.pt): traced with --batch, then runs any batch size. It records the export settings as
   an extra file `gpupool.json` (read it with torch.jit.load(path, _extra_files={"gpupool.json": ""})).
-  A file traced on the CPU can be loaded onto a GPU (map_location), but fp16 convs are slow or missing
-  on CPU, so export fp16/bf16 on the device that will run them.
-- AOTInductor (.pt2): compiled for the export device (and, on CUDA, the GPU architecture), with a
-  dynamic batch dimension 1..--max-batch; the spatial size is fixed.
+  A file traced on the CPU loads onto a GPU too (map_location); full-size files (120-260 MB) are best
+  exported on the GPU machine itself, where the CPU's slow fp16/bf16 kernels are not involved either.
+- AOTInductor (.pt2): compiled for the export device (on CUDA: the GPU architecture; on CPU: the
+  machine's instruction set, e.g. AVX512), with a dynamic batch dimension 1..--max-batch and a fixed
+  spatial size. The compiled code does not reject a larger batch (seen on CPU), so callers must keep
+  to --max-batch. The export settings are in the package metadata (strings; read with
+  AOTIModelPackageLoader::get_metadata() or aoti_load_package(path).get_metadata()).
 
 Same seed, same width → same weights on any device (they are initialised on the CPU). Unless
 --no-verify, each file is reloaded and compared with the eager model at batch 1 and one other batch
@@ -73,7 +76,7 @@ def export_aotinductor(module: nn.Module, args, meta: dict) -> None:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=args.max_batch)},)
     example = random_input(example_batch, args.size, args.seed, args.device)
     program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
-    # Package metadata is readable from C++ (AOTIModelPackageLoader::get_metadata); values must be strings.
+    # Metadata values must be strings.
     configs = {"aot_inductor.metadata": {k: str(v) for k, v in meta.items()}}
     torch._inductor.aoti_compile_and_package(program, package_path=args.out, inductor_configs=configs)
 

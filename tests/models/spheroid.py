@@ -21,9 +21,10 @@ from torch import nn
 
 # Full-size parameter counts. HRNet and CBAM-ResUNet are docs/models.md's figures. For the UNet,
 # models.md gives 45,197,505 for the original (which also builds an unused 512→1024 double conv) and
-# 31,042,369 "used"; the architecture it describes has 31,037,633, and that plus the unused block
-# (14,159,872) is exactly the original's 45,197,505, so the "used" figure is off by 4,736 (no
-# architecture with both totals exists). The UNet is checked against both consistent figures.
+# 31,042,369 "used". The UNet it describes has 31,037,633, and that plus the unused block (14,159,872)
+# is exactly the original's 45,197,505; the public original code (github.com/michalprusek/
+# cell-segmentation-hub, backend/segmentation/models/unet.py) runs exactly these layers. So the
+# "used" figure is off by 4,736, and the UNet is checked against the two consistent figures instead.
 PARAMS = {"hrnet": 65_846_401, "cbam_resunet": 52_072_673, "unet_spherohq": 31_037_633}
 UNET_ORIGINAL_PARAMS = 45_197_505
 
@@ -91,7 +92,7 @@ class HRModule(nn.Module):
             row = nn.ModuleList()
             for j in range(n):
                 if j == i:
-                    row.append(nn.Identity())
+                    row.append(nn.Identity())  # unused; keeps row[j] aligned with branch j
                 elif j > i:  # lower resolution: 1×1 conv now, bilinear upsample in forward
                     row.append(conv_norm(channels[j], channels[i], 1, relu=False))
                 else:  # higher resolution: (i-j) stride-2 convs, ReLU between but not after the last
@@ -136,21 +137,16 @@ class HRNet(nn.Module):
             nn.Conv2d(total, 1, 1),
         )
 
-    @staticmethod
-    def _run(stage: nn.Sequential, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        for module in stage:
-            xs = module(xs)
-        return xs
-
     def forward(self, x):
         size = x.shape[-2:]
         x = self.layer1(self.stem(x))
         xs = [t(x) for t in self.transition1]
-        xs = self._run(self.stage2, xs)
-        xs = self._run(self.stage3, xs + [self.transition2(xs[-1])])
-        xs = self._run(self.stage4, xs + [self.transition3(xs[-1])])
+        xs = self.stage2(xs)  # the stages pass lists of branch tensors from module to module
+        xs = self.stage3(xs + [self.transition2(xs[-1])])
+        xs = self.stage4(xs + [self.transition3(xs[-1])])
         quarter = xs[0].shape[-2:]
         y = torch.cat([xs[0]] + [upsample(t, quarter) for t in xs[1:]], dim=1)
+        # To the input size rather than scale_factor=4: the same for these sizes, and explicit.
         return upsample(self.head(y), size)
 
 
@@ -208,8 +204,8 @@ class CBAMResUNet(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(2 * c, c, 2, 2) for c in reversed(f[:4]))
         self.gates = nn.ModuleList(AttentionGate(c) for c in reversed(f[:4]))
         self.decoder = nn.ModuleList(ResCBAMBlock(2 * c, c) for c in reversed(f[:4]))
-        # models.md says this 3×3 conv has a bias, but its parameter count (and the original code)
-        # has none: with a bias the total would be 52,072,705.
+        # models.md says this 3×3 conv has a bias, but its parameter count and the original code
+        # (cbam_resunet.py, same repository as above) have none: with it the total is 52,072,705.
         self.head = nn.Sequential(conv_norm(f[0], f[0] // 2), nn.Conv2d(f[0] // 2, 1, 1))
 
     def forward(self, x):

@@ -81,20 +81,20 @@ pub struct InputSpec {
     /// Per-channel mean subtracted after scaling to [0, 1] (R, G, B).
     #[serde(default = "default_mean")]
     #[schemars(length(min = 3, max = 3))]
-    pub mean: Vec<f32>,
+    pub mean: Vec<f64>,
     /// Per-channel standard deviation divided by after the mean (R, G, B); each must be > 0.
     #[serde(default = "default_std")]
     #[schemars(length(min = 3, max = 3))]
-    pub std: Vec<f32>,
+    pub std: Vec<f64>,
 }
 
 fn default_side() -> u32 {
     1024
 }
-fn default_mean() -> Vec<f32> {
+fn default_mean() -> Vec<f64> {
     vec![0.485, 0.456, 0.406]
 }
-fn default_std() -> Vec<f32> {
+fn default_std() -> Vec<f64> {
     vec![0.229, 0.224, 0.225]
 }
 

@@ -220,6 +220,15 @@ impl DecodedImage {
         }
     }
 
+    /// Wraps pixels built in memory, for other modules' tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(pixels: Pixels) -> Self {
+        DecodedImage {
+            pixels,
+            format: SourceFormat::Png,
+        }
+    }
+
     fn from_dynamic(format: SourceFormat, image: DynamicImage) -> Result<Self, DecodeError> {
         let pixels = match image {
             DynamicImage::ImageLuma8(i) => Pixels::Gray8(i),
@@ -263,9 +272,15 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage,
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     reader.limits(image_limits);
     // Only the header is parsed here; no pixel buffer exists yet.
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| classify(format, limits, e))?;
+    let decoder = reader.into_decoder().map_err(|e| {
+        // The PNG decoder refuses a zero dimension as a format error; say what is wrong.
+        match png_dimensions(bytes) {
+            Some((width, height)) if format == SourceFormat::Png && (width == 0 || height == 0) => {
+                DecodeError::ZeroSize { width, height }
+            }
+            _ => classify(format, limits, e),
+        }
+    })?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(DecodeError::ZeroSize { width, height });
@@ -284,6 +299,17 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage,
     }
     let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, limits, e))?;
     DecodedImage::from_dynamic(format, image)
+}
+
+/// Width and height from a PNG's IHDR chunk, which the format requires to come first.
+fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(8..24)?;
+    if &ihdr[4..8] != b"IHDR" {
+        return None;
+    }
+    let width = u32::from_be_bytes(ihdr[8..12].try_into().ok()?);
+    let height = u32::from_be_bytes(ihdr[12..16].try_into().ok()?);
+    Some((width, height))
 }
 
 /// Maps the image crate's error to the variant a client can act on.
@@ -316,5 +342,181 @@ fn classify(format: SourceFormat, limits: &DecodeLimits, error: ImageError) -> D
 }
 
 #[cfg(test)]
-#[path = "decode_tests.rs"]
-mod tests;
+mod tests {
+    use super::*;
+    use image::{GrayImage, RgbImage, RgbaImage};
+
+    fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).expect("encode test image");
+        out.into_inner()
+    }
+
+    fn gray8() -> GrayImage {
+        GrayImage::from_fn(37, 23, |x, y| Luma([(x * 7 + y * 3) as u8]))
+    }
+
+    fn rgb8() -> RgbImage {
+        RgbImage::from_fn(37, 23, |x, y| Rgb([x as u8 * 5, y as u8 * 9, 200]))
+    }
+
+    fn gray16() -> Gray16Image {
+        Gray16Image::from_fn(37, 23, |x, y| Luma([(x * 1700 + y * 13) as u16]))
+    }
+
+    fn rgb16() -> Rgb16Image {
+        Rgb16Image::from_fn(37, 23, |x, y| Rgb([x as u16 * 1000, y as u16 * 2000, 65535]))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<DecodedImage, DecodeError> {
+        decode_image(bytes, &DecodeLimits::default())
+    }
+
+    /// A PNG whose header claims `width`x`height` but carries almost no data.
+    fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = out.len();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let crc = crc32(&out[start..]);
+            out.extend_from_slice(&crc.to_be_bytes());
+        }
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn decodes_every_supported_depth_and_layout() {
+        let cases: Vec<(DynamicImage, ImageFormat, SourceFormat, u8, u8)> = vec![
+            (gray8().into(), ImageFormat::Png, SourceFormat::Png, 8, 1),
+            (rgb8().into(), ImageFormat::Png, SourceFormat::Png, 8, 3),
+            (gray16().into(), ImageFormat::Png, SourceFormat::Png, 16, 1),
+            (rgb16().into(), ImageFormat::Png, SourceFormat::Png, 16, 3),
+            (gray8().into(), ImageFormat::Jpeg, SourceFormat::Jpeg, 8, 1),
+            (rgb8().into(), ImageFormat::Jpeg, SourceFormat::Jpeg, 8, 3),
+            (gray8().into(), ImageFormat::Tiff, SourceFormat::Tiff, 8, 1),
+            (rgb8().into(), ImageFormat::Tiff, SourceFormat::Tiff, 8, 3),
+            (gray16().into(), ImageFormat::Tiff, SourceFormat::Tiff, 16, 1),
+            (rgb16().into(), ImageFormat::Tiff, SourceFormat::Tiff, 16, 3),
+        ];
+        for (image, encoding, format, bits, channels) in cases {
+            let decoded = decode(&encode(image, encoding)).expect("decodes");
+            assert_eq!(decoded.dimensions(), (37, 23), "{encoding:?}");
+            assert_eq!(decoded.source_format(), format);
+            assert_eq!(decoded.bits_per_sample(), bits, "{encoding:?}");
+            assert_eq!(decoded.channels(), channels, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_samples_survive_unchanged() {
+        let decoded = decode(&encode(gray16().into(), ImageFormat::Tiff)).expect("decodes");
+        match decoded.pixels {
+            Pixels::Gray16(i) => assert_eq!(i, gray16()),
+            other => panic!("expected 16-bit gray, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn alpha_is_dropped() {
+        let rgba = RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0]));
+        let decoded = decode(&encode(rgba.into(), ImageFormat::Png)).expect("decodes");
+        match decoded.pixels {
+            Pixels::Rgb8(i) => assert_eq!(i.get_pixel(1, 1).0, [10, 20, 30]),
+            other => panic!("expected RGB8, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_empty_and_non_images() {
+        assert_eq!(decode(&[]).unwrap_err(), DecodeError::EmptyBody);
+        assert_eq!(decode(b"hello, world").unwrap_err(), DecodeError::UnsupportedFormat);
+        assert_eq!(decode(b"GIF89a\x01\x00\x01\x00").unwrap_err(), DecodeError::UnsupportedFormat);
+    }
+
+    #[test]
+    fn refuses_a_bomb_before_allocating() {
+        // 100000x100000 RGB would need 30 GB: more than this machine has, so reaching the
+        // allocation would abort the test instead of returning an error.
+        let bomb = png_header_only(100_000, 100_000);
+        assert!(bomb.len() < 100);
+        let err = decode(&bomb).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooManyPixels { width: 100_000, height: 100_000, limit: DecodeLimits::DEFAULT_MAX_PIXELS }
+        );
+        assert!(err.to_string().contains("100000x100000"), "{err}");
+    }
+
+    #[test]
+    fn pixel_limit_is_configurable() {
+        let bytes = encode(gray8().into(), ImageFormat::Png);
+        let limits = DecodeLimits { max_pixels: 37 * 23 - 1, ..DecodeLimits::default() };
+        assert!(matches!(decode_image(&bytes, &limits), Err(DecodeError::TooManyPixels { .. })));
+        let limits = DecodeLimits { max_pixels: 37 * 23, ..DecodeLimits::default() };
+        assert!(decode_image(&bytes, &limits).is_ok());
+        let limits = DecodeLimits { max_alloc_bytes: 100, ..DecodeLimits::default() };
+        assert_eq!(
+            decode_image(&bytes, &limits).unwrap_err(),
+            DecodeError::TooMuchMemory { limit_bytes: 100 }
+        );
+    }
+
+    #[test]
+    fn refuses_zero_size() {
+        let err = decode(&png_header_only(0, 0)).unwrap_err();
+        assert_eq!(err, DecodeError::ZeroSize { width: 0, height: 0 });
+        let err = decode(&png_header_only(0, 5)).unwrap_err();
+        assert_eq!(err, DecodeError::ZeroSize { width: 0, height: 5 });
+    }
+
+    #[test]
+    fn truncated_files_are_reported() {
+        let noisy = RgbImage::from_fn(64, 64, |x, y| {
+            let v = (x * 7919 + y * 104_729) % 251;
+            Rgb([v as u8, (v * 3) as u8, (v * 5) as u8])
+        });
+        for format in [ImageFormat::Png, ImageFormat::Tiff] {
+            let bytes = encode(noisy.clone().into(), format);
+            let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
+            assert!(matches!(err, DecodeError::Truncated { .. }), "{format:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn error_types_are_distinct() {
+        let errors = [
+            DecodeError::EmptyBody,
+            DecodeError::UnsupportedFormat,
+            DecodeError::UnsupportedEncoding { format: SourceFormat::Tiff, detail: String::new() },
+            DecodeError::ZeroSize { width: 0, height: 0 },
+            DecodeError::TooManyPixels { width: 1, height: 1, limit: 0 },
+            DecodeError::TooMuchMemory { limit_bytes: 0 },
+            DecodeError::Truncated { format: SourceFormat::Png, detail: String::new() },
+            DecodeError::Corrupt { format: SourceFormat::Png, detail: String::new() },
+        ];
+        let mut names: Vec<_> = errors.iter().map(DecodeError::error_type).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), errors.len());
+    }
+}
