@@ -365,7 +365,9 @@ mod tests {
     }
 
     fn rgb16() -> Rgb16Image {
-        Rgb16Image::from_fn(37, 23, |x, y| Rgb([x as u16 * 1000, y as u16 * 2000, 65535]))
+        Rgb16Image::from_fn(37, 23, |x, y| {
+            Rgb([x as u16 * 1000, y as u16 * 2000, 65535])
+        })
     }
 
     fn decode(bytes: &[u8]) -> Result<DecodedImage, DecodeError> {
@@ -398,7 +400,11 @@ mod tests {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -415,7 +421,13 @@ mod tests {
             (rgb8().into(), ImageFormat::Jpeg, SourceFormat::Jpeg, 8, 3),
             (gray8().into(), ImageFormat::Tiff, SourceFormat::Tiff, 8, 1),
             (rgb8().into(), ImageFormat::Tiff, SourceFormat::Tiff, 8, 3),
-            (gray16().into(), ImageFormat::Tiff, SourceFormat::Tiff, 16, 1),
+            (
+                gray16().into(),
+                ImageFormat::Tiff,
+                SourceFormat::Tiff,
+                16,
+                1,
+            ),
             (rgb16().into(), ImageFormat::Tiff, SourceFormat::Tiff, 16, 3),
         ];
         for (image, encoding, format, bits, channels) in cases {
@@ -449,8 +461,14 @@ mod tests {
     #[test]
     fn refuses_empty_and_non_images() {
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::EmptyBody);
-        assert_eq!(decode(b"hello, world").unwrap_err(), DecodeError::UnsupportedFormat);
-        assert_eq!(decode(b"GIF89a\x01\x00\x01\x00").unwrap_err(), DecodeError::UnsupportedFormat);
+        assert_eq!(
+            decode(b"hello, world").unwrap_err(),
+            DecodeError::UnsupportedFormat
+        );
+        assert_eq!(
+            decode(b"GIF89a\x01\x00\x01\x00").unwrap_err(),
+            DecodeError::UnsupportedFormat
+        );
     }
 
     #[test]
@@ -462,7 +480,11 @@ mod tests {
         let err = decode(&bomb).unwrap_err();
         assert_eq!(
             err,
-            DecodeError::TooManyPixels { width: 100_000, height: 100_000, limit: DecodeLimits::DEFAULT_MAX_PIXELS }
+            DecodeError::TooManyPixels {
+                width: 100_000,
+                height: 100_000,
+                limit: DecodeLimits::DEFAULT_MAX_PIXELS
+            }
         );
         assert!(err.to_string().contains("100000x100000"), "{err}");
     }
@@ -470,11 +492,23 @@ mod tests {
     #[test]
     fn pixel_limit_is_configurable() {
         let bytes = encode(gray8().into(), ImageFormat::Png);
-        let limits = DecodeLimits { max_pixels: 37 * 23 - 1, ..DecodeLimits::default() };
-        assert!(matches!(decode_image(&bytes, &limits), Err(DecodeError::TooManyPixels { .. })));
-        let limits = DecodeLimits { max_pixels: 37 * 23, ..DecodeLimits::default() };
+        let limits = DecodeLimits {
+            max_pixels: 37 * 23 - 1,
+            ..DecodeLimits::default()
+        };
+        assert!(matches!(
+            decode_image(&bytes, &limits),
+            Err(DecodeError::TooManyPixels { .. })
+        ));
+        let limits = DecodeLimits {
+            max_pixels: 37 * 23,
+            ..DecodeLimits::default()
+        };
         assert!(decode_image(&bytes, &limits).is_ok());
-        let limits = DecodeLimits { max_alloc_bytes: 100, ..DecodeLimits::default() };
+        let limits = DecodeLimits {
+            max_alloc_bytes: 100,
+            ..DecodeLimits::default()
+        };
         assert_eq!(
             decode_image(&bytes, &limits).unwrap_err(),
             DecodeError::TooMuchMemory { limit_bytes: 100 }
@@ -484,9 +518,21 @@ mod tests {
     #[test]
     fn refuses_zero_size() {
         let err = decode(&png_header_only(0, 0)).unwrap_err();
-        assert_eq!(err, DecodeError::ZeroSize { width: 0, height: 0 });
+        assert_eq!(
+            err,
+            DecodeError::ZeroSize {
+                width: 0,
+                height: 0
+            }
+        );
         let err = decode(&png_header_only(0, 5)).unwrap_err();
-        assert_eq!(err, DecodeError::ZeroSize { width: 0, height: 5 });
+        assert_eq!(
+            err,
+            DecodeError::ZeroSize {
+                width: 0,
+                height: 5
+            }
+        );
     }
 
     #[test]
@@ -498,7 +544,10 @@ mod tests {
         for format in [ImageFormat::Png, ImageFormat::Tiff] {
             let bytes = encode(noisy.clone().into(), format);
             let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
-            assert!(matches!(err, DecodeError::Truncated { .. }), "{format:?}: {err:?}");
+            assert!(
+                matches!(err, DecodeError::Truncated { .. }),
+                "{format:?}: {err:?}"
+            );
         }
     }
 
@@ -507,12 +556,28 @@ mod tests {
         let errors = [
             DecodeError::EmptyBody,
             DecodeError::UnsupportedFormat,
-            DecodeError::UnsupportedEncoding { format: SourceFormat::Tiff, detail: String::new() },
-            DecodeError::ZeroSize { width: 0, height: 0 },
-            DecodeError::TooManyPixels { width: 1, height: 1, limit: 0 },
+            DecodeError::UnsupportedEncoding {
+                format: SourceFormat::Tiff,
+                detail: String::new(),
+            },
+            DecodeError::ZeroSize {
+                width: 0,
+                height: 0,
+            },
+            DecodeError::TooManyPixels {
+                width: 1,
+                height: 1,
+                limit: 0,
+            },
             DecodeError::TooMuchMemory { limit_bytes: 0 },
-            DecodeError::Truncated { format: SourceFormat::Png, detail: String::new() },
-            DecodeError::Corrupt { format: SourceFormat::Png, detail: String::new() },
+            DecodeError::Truncated {
+                format: SourceFormat::Png,
+                detail: String::new(),
+            },
+            DecodeError::Corrupt {
+                format: SourceFormat::Png,
+                detail: String::new(),
+            },
         ];
         let mut names: Vec<_> = errors.iter().map(DecodeError::error_type).collect();
         names.sort_unstable();

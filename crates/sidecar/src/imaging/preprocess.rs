@@ -87,7 +87,8 @@ impl InputGeometry {
         if !fits {
             return Err(GeometryError::TooLarge { width, height });
         }
-        let good = mean.iter().all(|m| m.is_finite()) && std.iter().all(|s| s.is_finite() && *s > 0.0);
+        let good =
+            mean.iter().all(|m| m.is_finite()) && std.iter().all(|s| s.is_finite() && *s > 0.0);
         if !good {
             return Err(GeometryError::BadNormalisation { mean, std });
         }
@@ -210,8 +211,13 @@ mod tests {
     }
 
     fn geometry(w: u32, h: u32) -> InputGeometry {
-        InputGeometry::new(w, h, InputGeometry::IMAGENET_MEAN, InputGeometry::IMAGENET_STD)
-            .expect("valid geometry")
+        InputGeometry::new(
+            w,
+            h,
+            InputGeometry::IMAGENET_MEAN,
+            InputGeometry::IMAGENET_STD,
+        )
+        .expect("valid geometry")
     }
 
     fn expected(v: f32, c: usize) -> f32 {
@@ -220,7 +226,11 @@ mod tests {
 
     #[test]
     fn constant_colour_normalises_per_channel_in_chw_order() {
-        let image = decoded(Pixels::Rgb8(RgbImage::from_pixel(30, 20, Rgb([255, 0, 51]))));
+        let image = decoded(Pixels::Rgb8(RgbImage::from_pixel(
+            30,
+            20,
+            Rgb([255, 0, 51]),
+        )));
         let out = to_model_input(&image, &geometry(8, 4));
         assert_eq!(out.len(), 3 * 8 * 4);
         for (c, v) in [1.0, 0.0, 0.2].into_iter().enumerate() {
@@ -252,11 +262,21 @@ mod tests {
             &decoded(Pixels::Gray16(Gray16Image::from_pixel(3, 3, Luma([65535])))),
             &g,
         );
-        let white8 = to_model_input(&decoded(Pixels::Gray8(GrayImage::from_pixel(3, 3, Luma([255])))), &g);
-        assert!(white16.iter().zip(&white8).all(|(a, b)| (a - b).abs() < 1e-5));
+        let white8 = to_model_input(
+            &decoded(Pixels::Gray8(GrayImage::from_pixel(3, 3, Luma([255])))),
+            &g,
+        );
+        assert!(white16
+            .iter()
+            .zip(&white8)
+            .all(|(a, b)| (a - b).abs() < 1e-5));
         // 1000/65535 keeps its precision: no rounding to the nearest 8-bit step (3.9 -> 4).
         let dim = to_model_input(
-            &decoded(Pixels::Rgb16(Rgb16Image::from_pixel(2, 2, Rgb([1000, 1000, 1000])))),
+            &decoded(Pixels::Rgb16(Rgb16Image::from_pixel(
+                2,
+                2,
+                Rgb([1000, 1000, 1000]),
+            ))),
             &g,
         );
         assert!((dim[0] - expected(1000.0 / 65535.0, 0)).abs() < 1e-5);
@@ -269,7 +289,10 @@ mod tests {
         let mut short = vec![0.0; 26];
         assert_eq!(
             fill_model_input(&image, &g, &mut short),
-            Err(BufferSizeMismatch { expected: 27, got: 26 })
+            Err(BufferSizeMismatch {
+                expected: 27,
+                got: 26
+            })
         );
         let mut exact = vec![f32::NAN; 27];
         assert_eq!(fill_model_input(&image, &g, &mut exact), Ok(()));
@@ -279,10 +302,22 @@ mod tests {
     #[test]
     fn geometry_is_validated() {
         let (m, s) = (InputGeometry::IMAGENET_MEAN, InputGeometry::IMAGENET_STD);
-        assert!(matches!(InputGeometry::new(0, 5, m, s), Err(GeometryError::ZeroSize { .. })));
-        assert!(matches!(InputGeometry::new(5, 5, m, [0.2, 0.0, 0.2]), Err(GeometryError::BadNormalisation { .. })));
-        assert!(matches!(InputGeometry::new(5, 5, [f32::NAN, 0.0, 0.0], s), Err(GeometryError::BadNormalisation { .. })));
-        assert_eq!(InputGeometry::new(1024, 1024, m, s), Ok(InputGeometry::spheroid()));
+        assert!(matches!(
+            InputGeometry::new(0, 5, m, s),
+            Err(GeometryError::ZeroSize { .. })
+        ));
+        assert!(matches!(
+            InputGeometry::new(5, 5, m, [0.2, 0.0, 0.2]),
+            Err(GeometryError::BadNormalisation { .. })
+        ));
+        assert!(matches!(
+            InputGeometry::new(5, 5, [f32::NAN, 0.0, 0.0], s),
+            Err(GeometryError::BadNormalisation { .. })
+        ));
+        assert_eq!(
+            InputGeometry::new(1024, 1024, m, s),
+            Ok(InputGeometry::spheroid())
+        );
     }
 
     fn any_image() -> impl Strategy<Value = DecodedImage> {

@@ -83,7 +83,11 @@ impl Taps {
             let len = last.saturating_sub(first);
             let row = &mut taps.weights[out * stride..out * stride + len];
             for (dst, &w) in row.iter_mut().zip(&taps_of[first..last]) {
-                *dst = if total != 0.0 { (w / total) as f32 } else { 0.0 };
+                *dst = if total != 0.0 {
+                    (w / total) as f32
+                } else {
+                    0.0
+                };
             }
             taps.starts.push(min + first);
             taps.lens.push(len);
@@ -151,7 +155,9 @@ fn filter_row<S: Sample, const C: usize>(line: &[S], taps: &Taps, dst: &mut [f32
     for (x, out) in dst.chunks_exact_mut(C).enumerate() {
         let (start, weights) = taps.get(x);
         let mut sum = [0.0f32; C];
-        let pixels = line.get(start * C..(start + weights.len()) * C).unwrap_or(&[]);
+        let pixels = line
+            .get(start * C..(start + weights.len()) * C)
+            .unwrap_or(&[]);
         for (&w, px) in weights.iter().zip(pixels.chunks_exact(C)) {
             for c in 0..C {
                 sum[c] += w * px[c].to_f32();
@@ -175,7 +181,15 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_and_stay_in_bounds() {
-        for (i, o) in [(1, 1), (1, 7), (7, 1), (10, 3), (3, 10), (1024, 1000), (999, 1024)] {
+        for (i, o) in [
+            (1, 1),
+            (1, 7),
+            (7, 1),
+            (10, 3),
+            (3, 10),
+            (1024, 1000),
+            (999, 1024),
+        ] {
             let taps = Taps::new(i, o);
             for x in 0..o {
                 let (start, w) = taps.get(x);
@@ -196,7 +210,10 @@ mod tests {
     fn enlarging_matches_half_pixel_bilinear() {
         // torch: interpolate([[0, 10]], size=4, mode="linear", align_corners=False)
         // = [0, 2.5, 7.5, 10]
-        assert_eq!(run::<1>(&[0.0, 10.0], (2, 1), (4, 1)), vec![0.0, 2.5, 7.5, 10.0]);
+        assert_eq!(
+            run::<1>(&[0.0, 10.0], (2, 1), (4, 1)),
+            vec![0.0, 2.5, 7.5, 10.0]
+        );
     }
 
     #[test]
@@ -224,8 +241,8 @@ mod tests {
             7.36364, 1.00000,
         ];
         let last = [
-            10.00000, 11.36364, 13.27273, 15.18182, 10.90909, 2.00000, 3.90909, 5.81818,
-            7.72727, 9.63636, 11.00000,
+            10.00000, 11.36364, 13.27273, 15.18182, 10.90909, 2.00000, 3.90909, 5.81818, 7.72727,
+            9.63636, 11.00000,
         ];
         assert_close(&grown[..11], &first);
         assert_close(&grown[77..], &last);

@@ -1,0 +1,53 @@
+# gpupool — the two commands that matter on a fresh machine:
+#   make demo   the whole loop: local control plane, operator, pool, traffic, telemetry-driven scaling
+#   make test   every test (unit, real libtorch, real API server, end to end)
+# Both run `make setup` first, which is idempotent and cached under $(GPUPOOL_CACHE).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+GPUPOOL_CACHE ?= $(HOME)/.cache/gpupool
+export GPUPOOL_CACHE
+ENV := source tests/setup/env.sh &&
+
+.PHONY: setup setup-torch setup-control-plane build release test test-rust lint fmt crds check-params demo bench-gpu clean-cache
+
+setup: setup-torch setup-control-plane
+
+setup-torch:
+	@bash tests/setup/torch-venv.sh
+
+setup-control-plane:
+	@bash tests/controlplane/control-plane.sh build
+
+build: setup-torch
+	$(ENV) cargo build --workspace --all-targets
+
+release: setup-torch
+	$(ENV) cargo build --release -p gpupool-sidecar -p gpupool-operator
+
+fmt:
+	cargo fmt --all
+
+lint: setup-torch
+	cargo fmt --all -- --check
+	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
+
+crds:
+	$(ENV) cargo run -q -p gpupool-api --bin crdgen > crds/inferencepool.yaml
+
+check-params: setup-torch
+	$(ENV) python tests/models/check_params.py
+
+test-rust: setup
+	$(ENV) cargo test --workspace --no-fail-fast
+
+test: setup lint check-params test-rust
+
+demo: setup
+	$(ENV) bash examples/demo.sh
+
+bench-gpu:
+	@echo "GPU benchmarks run on the lent H200: see bench/README.md"
+
+clean-cache:
+	rm -rf $(GPUPOOL_CACHE)
