@@ -34,6 +34,7 @@ lint: setup-torch
 
 crds:
 	$(ENV) cargo run -q -p gpupool-api --bin crdgen > crds/inferencepool.yaml
+	cp crds/inferencepool.yaml charts/gpupool/crds/inferencepool.yaml
 
 check-params: setup-torch
 	$(ENV) python tests/models/check_params.py

@@ -6,6 +6,7 @@
 //! can share one control plane per test process.
 
 pub mod controlplane;
+pub mod helm;
 pub mod kubectl;
 
 pub use controlplane::ControlPlane;

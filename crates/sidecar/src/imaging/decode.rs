@@ -298,7 +298,25 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage,
         });
     }
     let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, limits, e))?;
+    if format == SourceFormat::Jpeg && !jpeg_has_end(bytes) {
+        // The JPEG decoder fills a cut file's missing blocks with grey instead of failing;
+        // segmenting half an image would return plausible but wrong polygons.
+        return Err(DecodeError::Truncated {
+            format,
+            detail: "no end-of-image marker after the last scan".to_owned(),
+        });
+    }
     DecodedImage::from_dynamic(format, image)
+}
+
+/// Whether an end-of-image marker (`FF D9`) follows the last start-of-scan (`FF DA`).
+/// Entropy-coded data escapes `FF`, so these byte pairs only occur as markers; looking for
+/// the *last* ones skips an EXIF thumbnail's own markers.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else {
+        return false;
+    };
+    !bytes[end..].windows(2).any(|w| w == [0xFF, 0xDA])
 }
 
 /// Width and height from a PNG's IHDR chunk, which the format requires to come first.
@@ -332,7 +350,8 @@ fn classify(format: SourceFormat, limits: &DecodeLimits, error: ImageError) -> D
             let detail = other.to_string();
             // Some decoders report a short file as a format error rather than an I/O error.
             let lower = detail.to_ascii_lowercase();
-            if lower.contains("eof") || lower.contains("end of file") || lower.contains("truncat") {
+            let short = ["eof", "end of file", "truncat", "not enough bytes"];
+            if short.iter().any(|s| lower.contains(s)) {
                 DecodeError::Truncated { format, detail }
             } else {
                 DecodeError::Corrupt { format, detail }
@@ -460,13 +479,16 @@ mod tests {
 
     #[test]
     fn refuses_empty_and_non_images() {
-        assert_eq!(decode(&[]).unwrap_err(), DecodeError::EmptyBody);
         assert_eq!(
-            decode(b"hello, world").unwrap_err(),
+            decode(&[]).expect_err("must be refused"),
+            DecodeError::EmptyBody
+        );
+        assert_eq!(
+            decode(b"hello, world").expect_err("must be refused"),
             DecodeError::UnsupportedFormat
         );
         assert_eq!(
-            decode(b"GIF89a\x01\x00\x01\x00").unwrap_err(),
+            decode(b"GIF89a\x01\x00\x01\x00").expect_err("must be refused"),
             DecodeError::UnsupportedFormat
         );
     }
@@ -477,7 +499,7 @@ mod tests {
         // allocation would abort the test instead of returning an error.
         let bomb = png_header_only(100_000, 100_000);
         assert!(bomb.len() < 100);
-        let err = decode(&bomb).unwrap_err();
+        let err = decode(&bomb).expect_err("must be refused");
         assert_eq!(
             err,
             DecodeError::TooManyPixels {
@@ -510,14 +532,14 @@ mod tests {
             ..DecodeLimits::default()
         };
         assert_eq!(
-            decode_image(&bytes, &limits).unwrap_err(),
+            decode_image(&bytes, &limits).expect_err("must be refused"),
             DecodeError::TooMuchMemory { limit_bytes: 100 }
         );
     }
 
     #[test]
     fn refuses_zero_size() {
-        let err = decode(&png_header_only(0, 0)).unwrap_err();
+        let err = decode(&png_header_only(0, 0)).expect_err("must be refused");
         assert_eq!(
             err,
             DecodeError::ZeroSize {
@@ -525,7 +547,7 @@ mod tests {
                 height: 0
             }
         );
-        let err = decode(&png_header_only(0, 5)).unwrap_err();
+        let err = decode(&png_header_only(0, 5)).expect_err("must be refused");
         assert_eq!(
             err,
             DecodeError::ZeroSize {
@@ -541,9 +563,9 @@ mod tests {
             let v = (x * 7919 + y * 104_729) % 251;
             Rgb([v as u8, (v * 3) as u8, (v * 5) as u8])
         });
-        for format in [ImageFormat::Png, ImageFormat::Tiff] {
+        for format in [ImageFormat::Png, ImageFormat::Tiff, ImageFormat::Jpeg] {
             let bytes = encode(noisy.clone().into(), format);
-            let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
+            let err = decode(&bytes[..bytes.len() / 2]).expect_err("must be refused");
             assert!(
                 matches!(err, DecodeError::Truncated { .. }),
                 "{format:?}: {err:?}"

@@ -1,13 +1,14 @@
 //! Separable bilinear resampling with PIL's `Image.resize(..., BILINEAR)` semantics.
 //!
 //! Why PIL: the original service decoded with PIL, and torchvision's `Resize` on PIL images
-//! is this same filter. It equals `torch.nn.functional.interpolate(mode="bilinear",
-//! align_corners=False, antialias=True)`: pixel centres at `i + 0.5`, a triangle filter whose
-//! support widens with the scale factor when shrinking (so downscaling averages instead of
-//! aliasing), and edge taps renormalised. When enlarging it is the plain half-pixel bilinear
-//! of OpenCV's `INTER_LINEAR` and of `interpolate(..., antialias=False)`. The weights are
-//! PIL's exactly; we keep `f32` throughout where PIL rounds 8-bit images to integers after
-//! each pass, so results differ from PIL by at most about one 8-bit step.
+//! is this same filter, which `torch.nn.functional.interpolate(mode="bilinear",
+//! align_corners=False, antialias=True)` reimplements: pixel centres at `i + 0.5`, a
+//! triangle filter whose support widens with the scale factor when shrinking (so
+//! downscaling averages instead of aliasing), and edge taps renormalised. When enlarging it
+//! is the plain half-pixel bilinear of OpenCV's `INTER_LINEAR` and of
+//! `interpolate(..., antialias=False)`. The weights are PIL's exactly; we keep `f32`
+//! throughout where PIL rounds 8-bit images to integers after each pass, so results differ
+//! from PIL by at most about one 8-bit step.
 //!
 //! Memory: only a ring of horizontally resampled input rows (as many as one output row's
 //! vertical filter needs) plus one accumulator row, so each input row is filtered once and

@@ -1,0 +1,277 @@
+//! The dynamic batcher of one model: a bounded queue that async callers push into without waiting
+//! (a full queue is refused at once), and that the model's slot threads pull batches from. A batch
+//! closes when it reaches the batch cap, when its oldest request has waited the max queue delay, or
+//! at shutdown; it is formed only when a slot is free to run it, so it grows while all slots are
+//! busy. Requests whose caller went away are dropped before they reach a slot.
+//!
+//! The queue's bound and the slot count change live (`apply`), which is why this is a small
+//! mutex-and-condvar queue rather than a `tokio::sync::mpsc` channel, whose capacity is fixed at
+//! creation. Answers go back over `tokio::sync::oneshot`.
+
+use crate::error::InferError;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Where a request's answer goes.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<f32>, InferError>>;
+
+/// One image waiting for a batch.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// Pre-processed CHW float image at the model's input size.
+    pub image: Vec<f32>,
+    /// The caller's answer channel.
+    pub reply: Reply,
+    /// When it was queued (latency is measured from here).
+    pub enqueued: Instant,
+}
+
+/// What a slot should do with the queue as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing queued: sleep until something arrives.
+    Idle,
+    /// Requests are queued but the batch may still grow: wait this long at most.
+    Wait(Duration),
+    /// Close the batch now.
+    Run,
+}
+
+/// The batching policy, as a pure function of the queue's state.
+pub(crate) fn decide(len: usize, oldest_age: Duration, cap: usize, delay: Duration, draining: bool) -> Decision {
+    if len == 0 {
+        Decision::Idle
+    } else if len >= cap.max(1) || draining || oldest_age >= delay {
+        Decision::Run
+    } else {
+        Decision::Wait(delay - oldest_age)
+    }
+}
+
+/// What [`BatchQueue::wait_batch`] tells a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// A batch is ready to be taken.
+    Batch,
+    /// This slot should exit (retired by a smaller slot count, or shut down with nothing left).
+    Exit,
+}
+
+#[derive(Debug)]
+struct State {
+    pending: VecDeque<Request>,
+    capacity: usize,
+    closed: bool,
+    live_slots: usize,
+    target_slots: usize,
+    cancelled: u64,
+}
+
+impl State {
+    fn purge_cancelled(&mut self) {
+        let before = self.pending.len();
+        self.pending.retain(|r| !r.reply.is_closed());
+        self.cancelled += (before - self.pending.len()) as u64;
+    }
+}
+
+/// A model's bounded request queue, shared by callers and slot threads.
+#[derive(Debug)]
+pub(crate) struct BatchQueue {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl BatchQueue {
+    /// An empty queue holding at most `capacity` requests.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                pending: VecDeque::new(),
+                capacity,
+                closed: false,
+                live_slots: 0,
+                target_slots: 0,
+                cancelled: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Queues a request, or gives it back with the queue depth when the queue is full.
+    pub fn push(&self, request: Request) -> Result<(), (Request, usize)> {
+        let mut st = self.state.lock();
+        if st.pending.len() >= st.capacity {
+            st.purge_cancelled();
+        }
+        if st.pending.len() >= st.capacity {
+            let depth = st.pending.len();
+            return Err((request, depth));
+        }
+        st.pending.push_back(request);
+        drop(st);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Blocks a slot until a batch should close (by [`decide`], with the cap and delay that
+    /// `settings` reports at each wake-up) or until the slot should exit.
+    pub fn wait_batch(&self, settings: impl Fn() -> (usize, Duration)) -> Next {
+        let mut st = self.state.lock();
+        loop {
+            if st.live_slots > st.target_slots {
+                st.live_slots -= 1;
+                return Next::Exit;
+            }
+            st.purge_cancelled();
+            if st.closed && st.pending.is_empty() {
+                st.live_slots = st.live_slots.saturating_sub(1);
+                return Next::Exit;
+            }
+            let (cap, delay) = settings();
+            let age = st.pending.front().map(|r| r.enqueued.elapsed()).unwrap_or_default();
+            match decide(st.pending.len(), age, cap, delay, st.closed) {
+                Decision::Run => return Next::Batch,
+                Decision::Idle => self.changed.wait(&mut st),
+                Decision::Wait(d) => {
+                    let _ = self.changed.wait_for(&mut st, d);
+                }
+            }
+        }
+    }
+
+    /// Takes up to `n` live requests, oldest first.
+    pub fn take(&self, n: usize) -> Vec<Request> {
+        let mut st = self.state.lock();
+        st.purge_cancelled();
+        let k = n.min(st.pending.len());
+        let batch: Vec<Request> = st.pending.drain(..k).collect();
+        let more = !st.pending.is_empty();
+        drop(st);
+        if more {
+            self.changed.notify_one();
+        }
+        batch
+    }
+
+    /// Takes every queued request (to fail them, e.g. when the model cannot load).
+    pub fn take_all(&self) -> Vec<Request> {
+        let mut st = self.state.lock();
+        st.pending.drain(..).collect()
+    }
+
+    /// Requests waiting now.
+    pub fn depth(&self) -> usize {
+        self.state.lock().pending.len()
+    }
+
+    /// Requests dropped because their caller went away.
+    pub fn cancelled(&self) -> u64 {
+        self.state.lock().cancelled
+    }
+
+    /// Changes the bound; requests already queued above a lower bound stay queued.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.state.lock().capacity = capacity;
+    }
+
+    /// Sets how many slots should serve this queue; returns how many new slot threads the caller
+    /// must start (extra live slots retire themselves between batches).
+    pub fn set_target_slots(&self, target: usize) -> usize {
+        let mut st = self.state.lock();
+        st.target_slots = target;
+        let spawn = target.saturating_sub(st.live_slots);
+        st.live_slots += spawn;
+        drop(st);
+        self.changed.notify_all();
+        spawn
+    }
+
+    /// A slot thread that was counted by [`BatchQueue::set_target_slots`] could not start.
+    pub fn slot_failed_to_start(&self) {
+        let mut st = self.state.lock();
+        st.live_slots = st.live_slots.saturating_sub(1);
+    }
+
+    /// Slot threads running now.
+    pub fn live_slots(&self) -> usize {
+        self.state.lock().live_slots
+    }
+
+    /// Stops waiting for batches to fill: everything queued runs now, then slots exit.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Wakes every waiting slot to re-read its settings.
+    pub fn wake_all(&self) {
+        self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn request() -> (Request, oneshot::Receiver<Result<Vec<f32>, InferError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Request { image: vec![0.0], reply: tx, enqueued: Instant::now() }, rx)
+    }
+
+    #[test]
+    fn batch_closes_on_size_delay_or_drain() {
+        assert_eq!(decide(0, MS, 4, 5 * MS, false), Decision::Idle);
+        assert_eq!(decide(4, Duration::ZERO, 4, 5 * MS, false), Decision::Run);
+        assert_eq!(decide(2, 2 * MS, 4, 5 * MS, false), Decision::Wait(3 * MS));
+        assert_eq!(decide(2, 5 * MS, 4, 5 * MS, false), Decision::Run);
+        assert_eq!(decide(1, Duration::ZERO, 4, 5 * MS, true), Decision::Run);
+        assert_eq!(decide(1, Duration::ZERO, 4, Duration::ZERO, false), Decision::Run);
+    }
+
+    #[test]
+    fn full_queue_refuses_and_cancelled_requests_are_dropped() {
+        let q = BatchQueue::new(2);
+        let (a, _ra) = request();
+        let (b, rb) = request();
+        let (c, _rc) = request();
+        assert!(q.push(a).is_ok());
+        assert!(q.push(b).is_ok());
+        let (c, depth) = q.push(c).unwrap_err();
+        assert_eq!(depth, 2);
+        drop(rb); // caller of b went away: its place frees up
+        assert!(q.push(c).is_ok());
+        assert_eq!(q.cancelled(), 1);
+        assert_eq!(q.take(8).len(), 2);
+    }
+
+    #[test]
+    fn slots_retire_and_exit_on_close() {
+        let q = BatchQueue::new(8);
+        assert_eq!(q.set_target_slots(2), 2);
+        assert_eq!(q.set_target_slots(1), 0);
+        assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit, "one of two slots retires");
+        assert_eq!(q.live_slots(), 1);
+        let (a, _ra) = request();
+        assert!(q.push(a).is_ok());
+        q.close();
+        assert_eq!(q.wait_batch(|| (4, Duration::from_secs(60))), Next::Batch, "drains at once");
+        assert_eq!(q.take(4).len(), 1);
+        assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit);
+    }
+
+    #[test]
+    fn waits_for_the_delay_then_runs() {
+        let q = BatchQueue::new(8);
+        q.set_target_slots(1);
+        let (a, _ra) = request();
+        assert!(q.push(a).is_ok());
+        let start = Instant::now();
+        assert_eq!(q.wait_batch(|| (4, 30 * MS)), Next::Batch);
+        assert!(start.elapsed() >= 25 * MS);
+    }
+}

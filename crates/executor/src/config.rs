@@ -1,0 +1,135 @@
+//! What the engine is configured with: the operator's [`SidecarConfig`] (models, budget, slots,
+//! thresholds) plus process-local [`EngineOptions`] (device, calibration effort, sampling), and the
+//! per-model settings derived from them that may change live.
+
+use crate::nvml::DeviceProbe;
+use gpupool_api::sidecar::SidecarModelConfig;
+use gpupool_api::Precision;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which device the engine runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch sees a GPU, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU, even when a GPU is present.
+    Cpu,
+    /// This CUDA device; starting fails when it is not there.
+    Cuda(usize),
+}
+
+/// How much effort start-up calibration spends per (precision, batch size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalibrationOptions {
+    /// Untimed runs before measuring (cuDNN autotuning, lazy initialisation).
+    pub warmup: u32,
+    /// Timed runs; the median is recorded.
+    pub iterations: u32,
+}
+
+impl Default for CalibrationOptions {
+    fn default() -> Self {
+        Self { warmup: 2, iterations: 5 }
+    }
+}
+
+/// Process-local options that the sidecar's config document does not carry.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// Device to run on.
+    pub device: DeviceChoice,
+    /// Calibration effort.
+    pub calibration: CalibrationOptions,
+    /// Peak bytes one image is assumed to add before calibration has measured it (and on the CPU,
+    /// where there are no allocator statistics). `None`: 64 × the image's input bytes.
+    pub activation_bytes_per_image: Option<u64>,
+    /// Extra fraction added to measured peaks when admitting a batch (allocator rounding, cuDNN
+    /// workspace variation between runs).
+    pub peak_headroom: f64,
+    /// How often device memory is sampled for the circuit breaker and telemetry.
+    pub sample_interval: Duration,
+    /// `Retry-After` returned while the circuit is open.
+    pub retry_after: Duration,
+    /// Longest a batch waits for memory (or a model load) before its requests fail with 503.
+    pub memory_wait: Duration,
+    /// Window over which latency percentiles and throughput are computed.
+    pub latency_window: Duration,
+    /// Enable cuDNN benchmark mode (autotuning per shape; shapes are fixed per model and batch).
+    pub cudnn_benchmark: bool,
+    /// Source of device memory readings; `None` uses NVML when it is available.
+    pub probe: Option<Arc<dyn DeviceProbe>>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Auto,
+            calibration: CalibrationOptions::default(),
+            activation_bytes_per_image: None,
+            peak_headroom: 0.10,
+            sample_interval: Duration::from_millis(250),
+            retry_after: Duration::from_secs(1),
+            memory_wait: Duration::from_secs(30),
+            latency_window: Duration::from_secs(30),
+            cudnn_benchmark: true,
+            probe: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("device", &self.device)
+            .field("calibration", &self.calibration)
+            .field("activation_bytes_per_image", &self.activation_bytes_per_image)
+            .field("peak_headroom", &self.peak_headroom)
+            .field("sample_interval", &self.sample_interval)
+            .field("retry_after", &self.retry_after)
+            .field("memory_wait", &self.memory_wait)
+            .field("latency_window", &self.latency_window)
+            .field("cudnn_benchmark", &self.cudnn_benchmark)
+            .field("probe", &self.probe.is_some())
+            .finish()
+    }
+}
+
+/// The settings of one model that `apply` may change while it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LiveSettings {
+    pub precision: Precision,
+    pub max_batch: usize,
+    pub slots: usize,
+    pub max_queue_delay: Duration,
+    pub resident: bool,
+}
+
+impl LiveSettings {
+    pub fn from_config(m: &SidecarModelConfig) -> Self {
+        Self {
+            precision: m.precision,
+            max_batch: usize::try_from(m.max_batch).unwrap_or(usize::MAX).max(1),
+            slots: usize::try_from(m.slots).unwrap_or(1).max(1),
+            max_queue_delay: Duration::from_millis(u64::from(m.max_queue_delay_ms)),
+            resident: m.resident,
+        }
+    }
+}
+
+/// `file://` URIs and plain paths both name a local file.
+pub(crate) fn local_path(uri: &str) -> &str {
+    uri.strip_prefix("file://").unwrap_or(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_uris_become_paths() {
+        assert_eq!(local_path("file:///models/a.pt"), "/models/a.pt");
+        assert_eq!(local_path("/models/a.pt"), "/models/a.pt");
+    }
+}

@@ -1,0 +1,184 @@
+//! One image's way through the sidecar: decode → pre-process → GPU → polygons.
+//!
+//! Decoding, resizing and contour extraction run on tokio's blocking pool, so the async workers
+//! keep accepting requests and the batcher keeps the GPU fed while the CPU works on other images.
+
+use crate::backend::{Backend, ModelInfo};
+use crate::error::ApiError;
+use crate::imaging::{
+    decode_image, extract_polygons, to_model_input, DecodeLimits, Polygon, PostprocessOptions,
+};
+use bytes::Bytes;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Thresholds the original API accepts.
+pub const THRESHOLD_RANGE: std::ops::RangeInclusive<f32> = 0.1..=0.9;
+
+/// A validated segmentation request.
+#[derive(Debug, Clone)]
+pub struct SegmentRequest {
+    /// The uploaded file's bytes.
+    pub image: Bytes,
+    /// The model to run.
+    pub model: String,
+    /// Probability above which a pixel is foreground.
+    pub threshold: f32,
+    /// Report holes as internal polygons.
+    pub detect_holes: bool,
+}
+
+/// Width and height of the uploaded image.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ImageSize {
+    /// Pixels across.
+    pub width: u32,
+    /// Pixels down.
+    pub height: u32,
+}
+
+/// The original service's response to `POST /api/v1/segment`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentResponse {
+    /// Always true (failures are error responses).
+    pub success: bool,
+    /// The model that ran.
+    pub model_used: String,
+    /// The threshold applied.
+    pub threshold_used: f32,
+    /// Size of the uploaded image.
+    pub image_size: ImageSize,
+    /// Outlines found.
+    pub polygons: Vec<Polygon>,
+    /// Seconds from receipt to response (server side).
+    pub processing_time: f64,
+    /// Seconds spent waiting for and running the model.
+    pub inference_time: f64,
+    /// Seconds spent decoding and resizing.
+    pub preprocessing_time: f64,
+    /// Seconds spent turning the mask into polygons.
+    pub postprocessing_time: f64,
+    /// Whether a GPU ran the model.
+    pub gpu_enabled: bool,
+    /// Size of the batch this image ran in.
+    pub batch_size_used: u32,
+    /// Set when the result may surprise (e.g. nothing found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// Runs segmentation requests against a backend.
+#[derive(Clone)]
+pub struct Pipeline {
+    backend: Arc<dyn Backend>,
+    limits: DecodeLimits,
+}
+
+impl Pipeline {
+    /// A pipeline over `backend` refusing images beyond `limits`.
+    pub fn new(backend: Arc<dyn Backend>, limits: DecodeLimits) -> Self {
+        Self { backend, limits }
+    }
+
+    /// The backend the pipeline runs on.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Looks a model up, with the 404 that names the available ones.
+    pub fn model(&self, name: &str) -> Result<ModelInfo, ApiError> {
+        self.backend.model(name).ok_or_else(|| ApiError::UnknownModel {
+            model: name.to_string(),
+            available: self
+                .backend
+                .models()
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Segments one image.
+    pub async fn segment(&self, request: SegmentRequest) -> Result<SegmentResponse, ApiError> {
+        let started = Instant::now();
+        if !THRESHOLD_RANGE.contains(&request.threshold) {
+            return Err(ApiError::InvalidField {
+                field: "threshold",
+                message: format!(
+                    "{} is outside {}..={}",
+                    request.threshold,
+                    THRESHOLD_RANGE.start(),
+                    THRESHOLD_RANGE.end()
+                ),
+            });
+        }
+        // Refuse unknown or broken models before spending CPU on the image.
+        let model = self.model(&request.model)?;
+        if !model.serviceable() {
+            return Err(crate::backend::BackendError::ModelNotReady {
+                model: model.name.clone(),
+                reason: model.reason.clone().unwrap_or_else(|| "loading".into()),
+            }
+            .into());
+        }
+
+        let limits = self.limits;
+        let geometry = model.geometry;
+        let image = request.image;
+        let (input, size) = blocking(move || {
+            let decoded = decode_image(&image, &limits)?;
+            let size = ImageSize {
+                width: decoded.width(),
+                height: decoded.height(),
+            };
+            Ok::<_, ApiError>((to_model_input(&decoded, &geometry), size))
+        })
+        .await??;
+        let preprocessing_time = started.elapsed().as_secs_f64();
+
+        let inference_started = Instant::now();
+        let inference = self.backend.infer(&model.name, input).await?;
+        let inference_time = inference_started.elapsed().as_secs_f64();
+
+        let post_started = Instant::now();
+        let options = PostprocessOptions::new(request.threshold, request.detect_holes);
+        let (w, h) = (geometry.width(), geometry.height());
+        let logits = inference.logits;
+        let polygons = blocking(move || {
+            extract_polygons(&logits, w, h, size.width, size.height, &options)
+        })
+        .await??;
+        let postprocessing_time = post_started.elapsed().as_secs_f64();
+
+        let warning = polygons
+            .is_empty()
+            .then(|| "no spheroid found at this threshold".to_string());
+        Ok(SegmentResponse {
+            success: true,
+            model_used: model.name,
+            threshold_used: request.threshold,
+            image_size: size,
+            polygons,
+            processing_time: started.elapsed().as_secs_f64(),
+            inference_time,
+            preprocessing_time,
+            postprocessing_time,
+            gpu_enabled: self.backend.gpu_enabled(),
+            batch_size_used: inference.batch_size,
+            warning,
+        })
+    }
+}
+
+/// Runs CPU-heavy work on the blocking pool; a panic there becomes a 500, not a crash.
+pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker task failed: {e}")))
+}

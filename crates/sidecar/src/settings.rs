@@ -1,0 +1,83 @@
+//! Command-line settings, parsed and checked before any port is bound or model loaded.
+
+use crate::http::HttpLimits;
+use crate::imaging::DecodeLimits;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which device runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// The GPU when one is visible, else the CPU.
+    Auto,
+    /// The first CUDA device; fail if there is none.
+    Cuda,
+    /// The CPU (tests, development).
+    Cpu,
+}
+
+/// `gpupool-sidecar`: serves a pool's models over HTTP on one GPU.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Settings {
+    /// The sidecar config document (mounted from the pool's ConfigMap); re-read when it changes.
+    #[arg(long, env = "GPUPOOL_CONFIG")]
+    pub config: PathBuf,
+    /// Address to serve on.
+    #[arg(long, env = "GPUPOOL_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Device to run on.
+    #[arg(long, env = "GPUPOOL_DEVICE", value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Largest request body, bytes.
+    #[arg(long, env = "GPUPOOL_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest image accepted, pixels (checked from the header, before decoding).
+    #[arg(long, env = "GPUPOOL_MAX_PIXELS", default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Requests processed at once before new ones get 429.
+    #[arg(long, env = "GPUPOOL_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// How often the config file is checked for changes, milliseconds.
+    #[arg(long, env = "GPUPOOL_RELOAD_INTERVAL_MS", default_value_t = 1000)]
+    pub reload_interval_ms: u64,
+    /// Longest shutdown waits for in-flight requests, seconds.
+    #[arg(long, env = "GPUPOOL_DRAIN_SECONDS", default_value_t = 25)]
+    pub drain_seconds: u64,
+    /// Calibration iterations per (precision, batch size) at start-up.
+    #[arg(long, env = "GPUPOOL_CALIBRATION_ITERS", default_value_t = 3)]
+    pub calibration_iters: u32,
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, env = "GPUPOOL_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Limits at the HTTP door.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
+    /// Limits on decoding.
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_pixels: self.max_pixels,
+            max_alloc_bytes: self.max_pixels.saturating_mul(8),
+        }
+    }
+
+    /// Interval between config checks.
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_millis(self.reload_interval_ms.max(50))
+    }
+
+    /// Drain deadline on shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}

@@ -1,0 +1,36 @@
+//! The real Helm engine (Helm v4's Go SDK through helm-python-sdk), driven by
+//! `tests/helm/helm.py` in the project's virtual environment.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The project's Python (the venv made by `tests/setup/torch-venv.sh`).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("GPUPOOL_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gpupool/venv"))
+        })
+        .unwrap_or_else(|| PathBuf::from(".venv"));
+    venv.join("bin/python")
+}
+
+/// Runs `helm.py` with `args`; returns its stdout (JSON).
+pub fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<serde_json::Value> {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg(crate::repo_root().join("tests/helm/helm.py")).args(args);
+    if let Some(k) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(k);
+    }
+    let out = cmd.output().context("running tests/helm/helm.py")?;
+    if !out.status.success() {
+        bail!("helm {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("helm.py printed no JSON")
+}
+
+/// Path of the gpupool chart.
+pub fn chart_dir() -> PathBuf {
+    crate::repo_root().join("charts/gpupool")
+}
