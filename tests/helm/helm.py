@@ -53,7 +53,7 @@ def main():
         elif opts.command == "install":
             chart_path, release, namespace = opts.args
             with helm.Config(kubeconfig_path=opts.kubeconfig, namespace=namespace) as cfg:
-                rel = cfg.install(chart_path, release, merged_sets(opts.set), wait=False)
+                rel = cfg.install(chart_path, release, merged_sets(opts.set))
             print(json.dumps(rel, default=str))
         elif opts.command == "uninstall":
             release, namespace = opts.args

@@ -5,20 +5,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The project's Python (the venv made by `tests/setup/torch-venv.sh`).
-pub fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("GPUPOOL_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gpupool/venv"))
-        })
-        .unwrap_or_else(|| PathBuf::from(".venv"));
-    venv.join("bin/python")
-}
-
 /// Runs `helm.py` with `args`; returns its stdout (JSON).
 pub fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<serde_json::Value> {
-    let mut cmd = Command::new(venv_python());
+    let mut cmd = Command::new(crate::venv_python());
     cmd.arg(crate::repo_root().join("tests/helm/helm.py")).args(args);
     if let Some(k) = kubeconfig {
         cmd.arg("--kubeconfig").arg(k);

@@ -8,6 +8,10 @@
 pub mod controlplane;
 pub mod helm;
 pub mod kubectl;
+pub mod kubelet;
+pub mod loadgen;
+pub mod models;
+pub mod nodes;
 
 pub use controlplane::ControlPlane;
 pub use kubectl::{Kubectl, KubectlOutput};
@@ -19,3 +23,15 @@ pub fn repo_root() -> std::path::PathBuf {
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| std::path::PathBuf::from("."))
 }
+
+/// The project's Python (the venv made by `tests/setup/torch-venv.sh`).
+pub fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var_os("GPUPOOL_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/gpupool/venv"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from(".venv"));
+    venv.join("bin/python")
+}
+

@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Desired state of an `InferencePool`.
+// Several `printcolumn(...)` entries are how kube-derive spells several columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "gpupool.io",

@@ -50,6 +50,15 @@ pub(crate) fn decide(len: usize, oldest_age: Duration, cap: usize, delay: Durati
     }
 }
 
+/// Why [`BatchQueue::push`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queue holds this many requests, its bound.
+    Full(usize),
+    /// The queue takes no more requests (shutdown, or the model failed).
+    Closed,
+}
+
 /// What [`BatchQueue::wait_batch`] tells a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -100,15 +109,19 @@ impl BatchQueue {
         }
     }
 
-    /// Queues a request, or gives it back with the queue depth when the queue is full.
-    pub fn push(&self, request: Request) -> Result<(), (Request, usize)> {
+    /// Queues a request, or gives it back with why not. A request accepted here is always
+    /// answered: slots only exit once the queue is closed *and* empty.
+    pub fn push(&self, request: Request) -> Result<(), (Request, Refused)> {
         let mut st = self.state.lock();
+        if st.closed {
+            return Err((request, Refused::Closed));
+        }
         if st.pending.len() >= st.capacity {
             st.purge_cancelled();
         }
         if st.pending.len() >= st.capacity {
             let depth = st.pending.len();
-            return Err((request, depth));
+            return Err((request, Refused::Full(depth)));
         }
         st.pending.push_back(request);
         drop(st);
@@ -168,6 +181,7 @@ impl BatchQueue {
     }
 
     /// Requests dropped because their caller went away.
+    #[cfg(test)]
     pub fn cancelled(&self) -> u64 {
         self.state.lock().cancelled
     }
@@ -196,6 +210,7 @@ impl BatchQueue {
     }
 
     /// Slot threads running now.
+    #[cfg(test)]
     pub fn live_slots(&self) -> usize {
         self.state.lock().live_slots
     }
@@ -241,8 +256,8 @@ mod tests {
         let (c, _rc) = request();
         assert!(q.push(a).is_ok());
         assert!(q.push(b).is_ok());
-        let (c, depth) = q.push(c).unwrap_err();
-        assert_eq!(depth, 2);
+        let (c, why) = q.push(c).unwrap_err();
+        assert_eq!(why, Refused::Full(2));
         drop(rb); // caller of b went away: its place frees up
         assert!(q.push(c).is_ok());
         assert_eq!(q.cancelled(), 1);
@@ -262,6 +277,8 @@ mod tests {
         assert_eq!(q.wait_batch(|| (4, Duration::from_secs(60))), Next::Batch, "drains at once");
         assert_eq!(q.take(4).len(), 1);
         assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit);
+        let (b, _rb) = request();
+        assert_eq!(q.push(b).unwrap_err().1, Refused::Closed);
     }
 
     #[test]

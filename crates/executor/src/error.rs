@@ -115,6 +115,14 @@ pub enum EngineError {
         /// What went wrong.
         message: String,
     },
+    /// A model cannot run as the new config asks (e.g. at a precision its file does not support).
+    #[error("model {model:?}: {reason}")]
+    Unsupported {
+        /// Model name.
+        model: String,
+        /// Why.
+        reason: String,
+    },
     /// An OS thread could not be started.
     #[error("could not start thread {name}: {source}")]
     Thread {

@@ -96,9 +96,17 @@ impl Compat {
 }
 
 async fn discover_pdb(client: &Client) -> Result<PdbApi, CompatError> {
-    for (version, api) in [("policy/v1", PdbApi::V1), ("policy/v1beta1", PdbApi::V1beta1)] {
+    for (version, api) in [
+        ("policy/v1", PdbApi::V1),
+        ("policy/v1beta1", PdbApi::V1beta1),
+    ] {
         match client.list_api_group_resources(version).await {
-            Ok(list) if list.resources.iter().any(|r| r.name == "poddisruptionbudgets") => {
+            Ok(list)
+                if list
+                    .resources
+                    .iter()
+                    .any(|r| r.name == "poddisruptionbudgets") =>
+            {
                 tracing::info!(api_version = version, "PodDisruptionBudgets are served");
                 return Ok(api);
             }

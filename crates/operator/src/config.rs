@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Sidecar image used when a pool does not name one (`spec.pod.image`).
-pub const DEFAULT_SIDECAR_IMAGE: &str = concat!("ghcr.io/gpupool/sidecar:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_SIDECAR_IMAGE: &str =
+    concat!("ghcr.io/gpupool/sidecar:", env!("CARGO_PKG_VERSION"));
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -18,7 +19,11 @@ pub enum LogFormat {
 
 /// Command line of `gpupool-operator`; every flag can also come from the environment.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gpupool-operator", version, about = "Runs InferencePools on GPU nodes")]
+#[command(
+    name = "gpupool-operator",
+    version,
+    about = "Runs InferencePools on GPU nodes"
+)]
 pub struct Args {
     /// Watch only this namespace (all namespaces when absent).
     #[arg(long, env = "GPUPOOL_WATCH_NAMESPACE")]
@@ -84,7 +89,9 @@ impl Args {
             return Err("--sidecar-image must not be empty".into());
         }
         if self.namespace.as_deref() == Some("") {
-            return Err("--namespace must not be empty (leave it out to watch all namespaces)".into());
+            return Err(
+                "--namespace must not be empty (leave it out to watch all namespaces)".into(),
+            );
         }
         if self.leader_elect {
             if self.lease_name.is_empty() || self.lease_namespace.is_empty() {
@@ -94,20 +101,27 @@ impl Args {
                 return Err("--lease-duration must be at least 1s".into());
             }
             if self.lease_duration.subsec_nanos() != 0 {
-                return Err("--lease-duration must be whole seconds (a Lease counts seconds)".into());
+                return Err(
+                    "--lease-duration must be whole seconds (a Lease counts seconds)".into(),
+                );
             }
             if self.renew_deadline >= self.lease_duration {
                 return Err("--renew-deadline must be shorter than --lease-duration".into());
             }
             if self.retry_period.is_zero() || self.retry_period >= self.renew_deadline {
-                return Err("--retry-period must be above zero and shorter than --renew-deadline".into());
+                return Err(
+                    "--retry-period must be above zero and shorter than --renew-deadline".into(),
+                );
             }
         }
         if self.telemetry_interval < Duration::from_secs(1) {
             return Err("--telemetry-interval must be at least 1s".into());
         }
         if self.telemetry_timeout.is_zero() || self.telemetry_timeout >= self.telemetry_interval {
-            return Err("--telemetry-timeout must be above zero and shorter than --telemetry-interval".into());
+            return Err(
+                "--telemetry-timeout must be above zero and shorter than --telemetry-interval"
+                    .into(),
+            );
         }
         if self.sidecar_port == 0 {
             return Err("--sidecar-port must not be 0".into());
@@ -149,7 +163,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -183,10 +197,30 @@ mod tests {
     #[test]
     fn lease_timings_must_nest() {
         let bad = args(&["--lease-duration", "5s", "--renew-deadline", "6s"]);
-        assert!(bad.validate().unwrap_err().contains("--renew-deadline"));
-        let bad = args(&["--lease-duration", "5s", "--renew-deadline", "3s", "--retry-period", "3s"]);
-        assert!(bad.validate().unwrap_err().contains("--retry-period"));
-        let ok = args(&["--lease-duration", "5s", "--renew-deadline", "3s", "--retry-period", "1s"]);
+        assert!(bad
+            .validate()
+            .expect_err("invalid")
+            .contains("--renew-deadline"));
+        let bad = args(&[
+            "--lease-duration",
+            "5s",
+            "--renew-deadline",
+            "3s",
+            "--retry-period",
+            "3s",
+        ]);
+        assert!(bad
+            .validate()
+            .expect_err("invalid")
+            .contains("--retry-period"));
+        let ok = args(&[
+            "--lease-duration",
+            "5s",
+            "--renew-deadline",
+            "3s",
+            "--retry-period",
+            "1s",
+        ]);
         assert_eq!(ok.validate(), Ok(()));
         let fractional = args(&["--lease-duration", "5.5s"]);
         assert!(fractional.validate().is_err());

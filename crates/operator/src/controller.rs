@@ -11,19 +11,19 @@ use crate::error::{chain, Error, Severity};
 use crate::events::{self, ReplicaChange};
 use crate::metrics::Metrics;
 use crate::resources::{self, PodDefaults, FIELD_MANAGER, POOL_LABEL};
-use crate::state::{PoolKey, Registry};
+use crate::state::{CachedTelemetry, PoolKey, Registry};
 use crate::status::{self, Observation, TelemetryView, Unschedulable};
 use crate::telemetry::{self, Collector};
 use futures::StreamExt;
 use gpupool_api::{InferencePool, PoolPlan};
-use gpupool_planner::{plan_pool, MeasuredProfiles, PlanError};
+use gpupool_planner::{decide_replicas, plan_pool, MeasuredProfiles, PlanError, PodSample};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{predicates, watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -61,20 +61,35 @@ pub struct Context {
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let pools: Api<InferencePool> = scoped(&client, namespace.as_deref());
-    let (store, writer) = reflector::store();
-    // Status writes and metadata-only changes do not trigger reconciles: only spec changes do
-    // (generation), besides owned objects, the pods and requeues.
-    let trigger = watcher(pools, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    // Every change of a pool triggers a reconcile, its own status writes included; those find
+    // nothing new (telemetry is cached for the interval, conditions keep their times) and write
+    // nothing, so they end there. (A generation predicate would skip them, but needs kube's
+    // unstable stream API.)
     let pods_config = watcher::Config::default().labels("app.kubernetes.io/name=gpupool");
-    Controller::for_stream(trigger, store)
-        .owns(scoped::<ConfigMap>(&client, namespace.as_deref()), watcher::Config::default())
-        .owns(scoped::<Deployment>(&client, namespace.as_deref()), watcher::Config::default())
-        .owns(scoped::<Service>(&client, namespace.as_deref()), watcher::Config::default())
-        .watches(scoped::<Pod>(&client, namespace.as_deref()), pods_config, pool_of_pod)
+    let controller = Controller::new(pools, watcher::Config::default().any_semantic());
+    tokio::spawn(forget_deleted_pools(
+        ctx.clone(),
+        controller.store(),
+        shutdown.clone(),
+    ));
+    controller
+        .owns(
+            scoped::<ConfigMap>(&client, namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .owns(
+            scoped::<Deployment>(&client, namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .owns(
+            scoped::<Service>(&client, namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .watches(
+            scoped::<Pod>(&client, namespace.as_deref()),
+            pods_config,
+            pool_of_pod,
+        )
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -85,6 +100,26 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         })
         .await;
     tracing::info!("controller stopped");
+}
+
+/// Drops the memory of pools that no longer exist, every resync period.
+async fn forget_deleted_pools(
+    ctx: Arc<Context>,
+    store: Store<InferencePool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RESYNC) => {}
+        }
+        ctx.memory.retain(|key| {
+            let object = ObjectRef::new(&key.name).within(&key.namespace);
+            store
+                .get(&object)
+                .is_some_and(|p| p.uid().as_deref() == Some(key.uid.as_str()))
+        });
+    }
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -162,6 +197,14 @@ struct PoolReconciler<'a> {
     namespace: String,
 }
 
+/// Telemetry as one reconcile uses it.
+struct Telemetry {
+    view: TelemetryView,
+    samples: Vec<PodSample>,
+    /// Collected in this reconcile (not taken from the cache).
+    fresh: bool,
+}
+
 /// What the reconcile read from the cluster before deciding anything.
 struct Observed {
     deployment: Option<Deployment>,
@@ -175,7 +218,9 @@ impl<'a> PoolReconciler<'a> {
             ctx,
             key: PoolKey::of(pool),
             name: pool.name_any(),
-            namespace: pool.namespace().ok_or(Error::MissingMetadata("namespace"))?,
+            namespace: pool
+                .namespace()
+                .ok_or(Error::MissingMetadata("namespace"))?,
         })
     }
 
@@ -194,18 +239,31 @@ impl<'a> PoolReconciler<'a> {
         let planned = plan_pool(&self.pool.spec, &measured);
         let (deployment, scaled) = match &planned {
             Ok(plan) => {
-                let scaled = self.autoscale(plan, telemetry.as_ref()).await?;
+                let scaled = self
+                    .autoscale(observed.deployment.as_ref(), telemetry.as_ref())
+                    .await?;
                 let replicas = scaled.as_ref().map_or(self.pool.spec.replicas, |s| s.to);
-                (Some(self.apply_children(plan, &measured, replicas).await?), scaled)
+                (
+                    Some(self.apply_children(plan, &measured, replicas).await?),
+                    scaled,
+                )
             }
             Err(e) => {
                 self.keep_previous_rollout(e, observed.deployment.is_some());
                 (observed.deployment.clone(), None)
             }
         };
-        let replica_change = replica_change(observed.deployment.as_ref(), deployment.as_ref(), scaled);
-        self.update_status(&planned, deployment.as_ref(), &observed.pods, telemetry.as_ref(), replica_change)
-            .await?;
+        let replica_change =
+            replica_change(observed.deployment.as_ref(), deployment.as_ref(), scaled);
+        let view = telemetry.as_ref().map(|t| &t.view);
+        self.update_status(
+            &planned,
+            deployment.as_ref(),
+            &observed.pods,
+            view,
+            replica_change,
+        )
+        .await?;
         match planned {
             Err(e) => Err(Error::PlanRejected(e)),
             Ok(_) if telemetry.is_some() => Ok(Action::requeue(self.ctx.telemetry_interval)),
@@ -222,7 +280,9 @@ impl<'a> PoolReconciler<'a> {
         // Only a Deployment this pool controls counts (not a same-named stranger).
         let uid = self.pool.uid();
         let deployment = deployment.filter(|d| {
-            d.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+            d.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
         });
         let selector = resources::selector_string(&self.name);
         let pods = self
@@ -236,7 +296,7 @@ impl<'a> PoolReconciler<'a> {
 
     /// Telemetry from the ready pods: collected when the last collection is older than the
     /// interval or the set of ready pods changed, otherwise the cached one.
-    async fn collect_telemetry(&self, pods: &[Pod]) -> Option<TelemetryView> {
+    async fn collect_telemetry(&self, pods: &[Pod]) -> Option<Telemetry> {
         let ready = telemetry::ready_pods(pods, self.ctx.sidecar_port);
         let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
         if ready.is_empty() {
@@ -244,11 +304,24 @@ impl<'a> PoolReconciler<'a> {
             return None;
         }
         let interval = self.ctx.telemetry_interval;
-        let cached = self.ctx.memory.with(&self.key, |m| {
-            m.telemetry
+        let (cached, previous) = self.ctx.memory.with(&self.key, |m| {
+            let cached = m
+                .telemetry
                 .as_ref()
-                .filter(|t| t.pods == names && t.at.elapsed() < interval)
-                .map(|t| t.view.clone())
+                .filter(|t| t.pods == names && t.at.elapsed() < interval);
+            let previous = m
+                .telemetry
+                .as_ref()
+                .map(|t| t.reports.clone())
+                .unwrap_or_default();
+            (
+                cached.map(|t| Telemetry {
+                    view: t.view.clone(),
+                    samples: t.samples.clone(),
+                    fresh: false,
+                }),
+                previous,
+            )
         });
         if cached.is_some() {
             return cached;
@@ -259,19 +332,25 @@ impl<'a> PoolReconciler<'a> {
             .telemetry_errors
             .inc_by(u64::try_from(collection.failed.len()).unwrap_or(0));
         let view = telemetry::summarise(&collection, &status::now_rfc3339());
-        let reports: Vec<_> = collection.reports.into_iter().map(|(_, r)| r).collect();
+        let samples = telemetry::samples(&collection, &previous);
         self.ctx.memory.with(&self.key, |m| {
-            if !reports.is_empty() {
+            if !collection.reports.is_empty() {
+                let reports: Vec<_> = collection.reports.iter().map(|(_, r)| r.clone()).collect();
                 m.measured = Some(MeasuredProfiles::from_reports(&reports));
             }
-            m.reports = reports;
-            m.telemetry = Some(crate::state::CachedTelemetry {
+            m.telemetry = Some(CachedTelemetry {
                 at: Instant::now(),
                 pods: names,
                 view: view.clone(),
+                reports: collection.reports,
+                samples: samples.clone(),
             });
         });
-        Some(view)
+        Some(Telemetry {
+            view,
+            samples,
+            fresh: true,
+        })
     }
 
     /// Measurements for the planner: the latest from telemetry, or (after a restart of the
@@ -293,31 +372,58 @@ impl<'a> PoolReconciler<'a> {
             }
         };
         let measured = recorded.unwrap_or_default();
-        self.ctx.memory.with(&self.key, |m| m.measured = Some(measured.clone()));
+        self.ctx
+            .memory
+            .with(&self.key, |m| m.measured = Some(measured.clone()));
         measured
     }
 
+    /// Asks the planner for a replica count and writes it through the scale subresource.
+    ///
+    /// Decided on fresh telemetry (a cached sample must not count twice) or, with no pod
+    /// reporting, on the bounds alone (`minReplicas`/`maxReplicas` are enforced at once).
     async fn autoscale(
         &self,
-        plan: &PoolPlan,
-        telemetry: Option<&TelemetryView>,
+        deployment: Option<&Deployment>,
+        telemetry: Option<&Telemetry>,
     ) -> Result<Option<ReplicaChange>, Error> {
-        let reports = self.ctx.memory.with(&self.key, |m| m.reports.clone());
-        let Some(decision) = crate::autoscale::decide(self.pool, plan, telemetry, &reports, &self.ctx.memory, &self.key)
-        else {
+        if !self.pool.spec.scaling.enabled || telemetry.is_some_and(|t| !t.fresh) {
             return Ok(None);
-        };
-        let patch = serde_json::json!({ "spec": { "replicas": decision.to } });
+        }
+        let ready = deployment
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        let samples = telemetry.map(|t| t.samples.clone()).unwrap_or_default();
+        let stabilization = self.ctx.memory.with(&self.key, |m| m.stabilization);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let input = telemetry::scaling_input(self.pool, ready, samples, stabilization, now_s);
+        let decision = decide_replicas(&input);
+        self.ctx
+            .memory
+            .with(&self.key, |m| m.stabilization = decision.stabilization);
+        let from = self.pool.spec.replicas;
+        if decision.replicas == from {
+            tracing::debug!(reason = %decision.reason, "replicas held");
+            return Ok(None);
+        }
+        let patch = serde_json::json!({ "spec": { "replicas": decision.replicas } });
         let params = PatchParams {
-            field_manager: Some(crate::autoscale::FIELD_MANAGER.into()),
+            field_manager: Some(telemetry::AUTOSCALER_FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
         self.api::<InferencePool>()
             .patch_scale(&self.name, &params, &Patch::Merge(&patch))
             .await
             .map_err(Error::Scale)?;
-        tracing::info!(from = decision.from, to = decision.to, why = ?decision.why, "scaled the pool");
-        Ok(Some(decision))
+        tracing::info!(from, to = decision.replicas, reason = %decision.reason, "autoscaled the pool");
+        Ok(Some(ReplicaChange {
+            from,
+            to: decision.replicas,
+            why: Some(decision.reason),
+        }))
     }
 
     async fn apply_children(
@@ -352,10 +458,17 @@ impl<'a> PoolReconciler<'a> {
     {
         let name = object.name_any();
         self.api::<K>()
-            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
             .await
             .map_err(|source| Error::ApplyChild {
-                kind: std::any::type_name::<K>().rsplit("::").next().unwrap_or("object"),
+                kind: std::any::type_name::<K>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("object"),
                 name,
                 source,
             })
@@ -387,7 +500,10 @@ impl<'a> PoolReconciler<'a> {
             .unwrap_or_default();
         let mut pool = self.pool.clone();
         pool.status = Some(previous.clone());
-        let scaled_at = replica_change.as_ref().filter(|c| c.why.is_some()).map(|_| now.as_str());
+        let scaled_at = replica_change
+            .as_ref()
+            .filter(|c| c.why.is_some())
+            .map(|_| now.as_str());
         let next = status::build(&Observation {
             pool: &pool,
             plan: planned.as_ref(),
@@ -402,7 +518,9 @@ impl<'a> PoolReconciler<'a> {
         if stored != Some(&next) {
             status::write(&self.api::<InferencePool>(), &self.name, &next).await?;
         }
-        self.ctx.memory.with(&self.key, |m| m.last_status = Some(next.clone()));
+        self.ctx
+            .memory
+            .with(&self.key, |m| m.last_status = Some(next.clone()));
         events::publish(&self.ctx.recorder, self.pool, &events).await;
         Ok(())
     }
@@ -413,7 +531,8 @@ fn replica_change(
     after: Option<&Deployment>,
     scaled: Option<ReplicaChange>,
 ) -> Option<ReplicaChange> {
-    let replicas = |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
+    let replicas =
+        |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
     let (from, to) = (replicas(before)?, replicas(after)?);
     (from != to).then(|| ReplicaChange {
         from,
@@ -430,7 +549,9 @@ pub fn unschedulable(pods: &[Pod]) -> Unschedulable {
         .filter_map(|p| {
             let status = p.status.as_ref()?;
             let condition = status.conditions.iter().flatten().find(|c| {
-                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
             })?;
             Some(condition.message.clone())
         })

@@ -59,7 +59,11 @@ pub fn diff(
     let was = condition(previous, ConditionType::PlanFeasible);
     match feasible {
         Some(c) if c.status == ConditionStatus::True => {
-            if let Some(plan) = next.plan.as_ref().filter(|p| previous.plan.as_ref() != Some(*p)) {
+            if let Some(plan) = next
+                .plan
+                .as_ref()
+                .filter(|p| previous.plan.as_ref() != Some(*p))
+            {
                 events.push(PoolEvent::PlanChanged {
                     note: describe_plan(plan),
                 });
@@ -115,13 +119,19 @@ impl PoolEvent {
     /// The event in the shape the recorder publishes.
     pub fn to_event(&self) -> Event {
         let (type_, reason, action, note) = match self {
-            PoolEvent::PlanChanged { note } => (EventType::Normal, "PlanChanged", "Plan", note.clone()),
+            PoolEvent::PlanChanged { note } => {
+                (EventType::Normal, "PlanChanged", "Plan", note.clone())
+            }
             PoolEvent::PlanInfeasible { note } => {
                 (EventType::Warning, "PlanInfeasible", "Plan", note.clone())
             }
-            PoolEvent::InvalidSpec { note } => (EventType::Warning, "InvalidSpec", "Plan", note.clone()),
+            PoolEvent::InvalidSpec { note } => {
+                (EventType::Warning, "InvalidSpec", "Plan", note.clone())
+            }
             PoolEvent::Scaled { from, to, why } => {
-                let why = why.as_deref().map_or_else(String::new, |w| format!(": {w}"));
+                let why = why
+                    .as_deref()
+                    .map_or_else(String::new, |w| format!(": {w}"));
                 let note = format!("scaled from {from} to {to} replicas{why}");
                 (EventType::Normal, "Scaled", "Scale", note)
             }

@@ -158,7 +158,9 @@ impl LeaderElector {
         };
         match tokio::time::timeout(self.config.retry_period, result).await {
             Ok(Ok(())) => tracing::info!(lease = %self.config.name, "released leadership"),
-            Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "releasing the lease failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error::chain(&e), "releasing the lease failed")
+            }
             Err(_) => tracing::warn!("releasing the lease timed out"),
         }
     }
@@ -192,7 +194,9 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("(unknown)".into())),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(Attempt::HeldBy("(unknown)".into()))
+                }
                 Err(e) => Err(LeaderError::Create(self.config.name.clone(), e)),
             };
         };
@@ -218,11 +222,20 @@ impl LeaderElector {
             }
             tracing::info!(%holder, "the leader's lease expired; taking over");
         }
-        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours && holder.is_some());
-        let acquired = if ours { spec.acquire_time.clone() } else { Some(now.clone()) };
+        let transitions =
+            spec.lease_transitions.unwrap_or(0) + i32::from(!ours && holder.is_some());
+        let acquired = if ours {
+            spec.acquire_time.clone()
+        } else {
+            Some(now.clone())
+        };
         lease.spec = Some(self.spec(acquired, now, transitions));
         // `replace` sends the resourceVersion read above: a concurrent writer makes this a 409.
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(updated) => {
                 if let Some(v) = updated.metadata.resource_version {
                     self.observed = Some((v, Instant::now()));

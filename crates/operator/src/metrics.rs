@@ -138,12 +138,18 @@ mod tests {
         drop(metrics.reconcile_started());
         metrics.reconcile_failed(ErrorKind::Infeasible);
         let text = metrics.render().expect("renders");
-        assert!(text.contains("gpupool_operator_reconcile_total 1"), "{text}");
+        assert!(
+            text.contains("gpupool_operator_reconcile_total 1"),
+            "{text}"
+        );
         assert!(
             text.contains("gpupool_operator_reconcile_errors_total{error=\"infeasible\"} 1"),
             "{text}"
         );
-        assert!(text.contains("gpupool_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("gpupool_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(text.contains("gpupool_operator_leader 0"), "{text}");
     }
 }

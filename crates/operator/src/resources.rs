@@ -37,7 +37,7 @@ pub const MODELS_MOUNT_PATH: &str = "/models";
 /// Pod template annotation holding the SHA-256 of the config's restart key.
 pub const RESTART_CHECKSUM_ANNOTATION: &str = "gpupool.io/restart-checksum";
 /// Environment variable telling the sidecar where its config file is.
-pub const CONFIG_PATH_ENV: &str = "GPUPOOL_SIDECAR_CONFIG";
+pub const CONFIG_PATH_ENV: &str = "GPUPOOL_CONFIG";
 /// The sidecar's HTTP port (API, health, metrics, telemetry).
 pub const HTTP_PORT: i32 = 8080;
 /// Name of the sidecar's HTTP port.
@@ -62,7 +62,10 @@ pub struct PodDefaults {
 pub fn labels(pool_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "gpupool".to_string()),
-        ("app.kubernetes.io/instance".to_string(), pool_name.to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            pool_name.to_string(),
+        ),
         (POOL_LABEL.to_string(), pool_name.to_string()),
     ])
 }
@@ -134,7 +137,10 @@ pub fn restart_checksum(config: &SidecarConfig) -> Result<String, Error> {
 fn metadata(pool: &InferencePool, name: String) -> Result<ObjectMeta, Error> {
     Ok(ObjectMeta {
         name: Some(name),
-        namespace: Some(pool.namespace().ok_or(Error::MissingMetadata("namespace"))?),
+        namespace: Some(
+            pool.namespace()
+                .ok_or(Error::MissingMetadata("namespace"))?,
+        ),
         labels: Some(labels(&pool.name_any())),
         owner_references: Some(vec![owner_reference(pool)?]),
         ..ObjectMeta::default()
@@ -258,7 +264,11 @@ fn pod_spec(pool: &InferencePool, defaults: &PodDefaults) -> PodSpec {
     PodSpec {
         containers: vec![Container {
             name: CONTAINER_NAME.into(),
-            image: Some(pod.image.clone().unwrap_or_else(|| defaults.sidecar_image.clone())),
+            image: Some(
+                pod.image
+                    .clone()
+                    .unwrap_or_else(|| defaults.sidecar_image.clone()),
+            ),
             image_pull_policy: pod.image_pull_policy.map(|p| p.as_str().to_string()),
             ports: Some(vec![ContainerPort {
                 container_port: HTTP_PORT,

@@ -1,5 +1,5 @@
 //! What the operator remembers about each pool between reconciles (in memory only): the latest
-//! telemetry and measurements, the autoscaler's pending signal, the failure count that sets the
+//! telemetry and measurements, the autoscaler's stabilisation timers, the failure count that sets the
 //! retry backoff, and the status it wrote last.
 //!
 //! Losing it (a restart, a new leader) is safe: telemetry is collected again, measurements are
@@ -8,7 +8,7 @@
 use crate::status::TelemetryView;
 use gpupool_api::telemetry::TelemetryReport;
 use gpupool_api::{InferencePool, InferencePoolStatus};
-use gpupool_planner::MeasuredProfiles;
+use gpupool_planner::{MeasuredProfiles, PodSample, Stabilization};
 use kube::ResourceExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,15 +45,10 @@ pub struct CachedTelemetry {
     pub pods: Vec<String>,
     /// The summary.
     pub view: TelemetryView,
-}
-
-/// A scale signal the autoscaler has seen but not yet acted on (stabilisation window).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingScale {
-    /// The replica count the signal asks for.
-    pub to: i32,
-    /// When the signal was first seen.
-    pub since: Instant,
+    /// The reports behind it, by pod name.
+    pub reports: Vec<(String, TelemetryReport)>,
+    /// The planner's view of them.
+    pub samples: Vec<PodSample>,
 }
 
 /// Everything remembered about one pool.
@@ -61,16 +56,14 @@ pub struct PendingScale {
 pub struct PoolMemory {
     /// Consecutive failed reconciles (sets the retry backoff).
     pub failures: u32,
-    /// The latest telemetry summary.
+    /// The latest telemetry.
     pub telemetry: Option<CachedTelemetry>,
-    /// The reports behind it.
-    pub reports: Vec<TelemetryReport>,
     /// Measurements merged from the latest reports (kept while no pod reports).
     pub measured: Option<MeasuredProfiles>,
     /// The status this process last wrote.
     pub last_status: Option<InferencePoolStatus>,
-    /// A scale signal waiting out its stabilisation window.
-    pub pending_scale: Option<PendingScale>,
+    /// The autoscaler's stabilisation timers.
+    pub stabilization: Stabilization,
 }
 
 /// Memory of all pools.
@@ -84,19 +77,28 @@ impl Registry {
     pub fn with<R>(&self, key: &PoolKey, f: impl FnOnce(&mut PoolMemory) -> R) -> R {
         // A panic while holding the lock cannot leave a pool's memory half-updated in a way that
         // matters (every field is a cache), so a poisoned lock is used as is.
-        let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(pools.entry(key.clone()).or_default())
     }
 
     /// Forgets pools for which `keep` is false (deleted pools).
     pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
-        let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         pools.retain(|key, _| keep(key));
     }
 
     /// Number of pools remembered.
     pub fn len(&self) -> usize {
-        self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no pool is remembered.

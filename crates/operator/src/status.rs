@@ -111,10 +111,15 @@ pub fn build(obs: &Observation<'_>) -> InferencePoolStatus {
             .telemetry
             .and_then(|t| t.max_device_used_bytes)
             .map(format_bytes),
-        vram_budget: plan.as_ref().map(|p| format_bytes(p.budget_bytes + p.headroom_bytes)),
+        vram_budget: plan
+            .as_ref()
+            .map(|p| format_bytes(p.budget_bytes + p.headroom_bytes)),
         plan,
         telemetry: obs.telemetry.map(|t| t.summary.clone()),
-        last_scale_time: obs.scaled_at.map(str::to_string).or(previous.last_scale_time),
+        last_scale_time: obs
+            .scaled_at
+            .map(str::to_string)
+            .or(previous.last_scale_time),
     }
 }
 
@@ -159,10 +164,20 @@ fn ready(obs: &Observation<'_>, c: &Counts) -> Wanted {
     use ConditionStatus::{False, True};
     let t = ConditionType::Ready;
     if obs.deployment.is_none() {
-        return (t, False, "NotDeployed", "no pods: the spec has no feasible plan yet".into());
+        return (
+            t,
+            False,
+            "NotDeployed",
+            "no pods: the spec has no feasible plan yet".into(),
+        );
     }
     if c.desired == 0 {
-        return (t, True, "ScaledToZero", "the pool is scaled to zero replicas".into());
+        return (
+            t,
+            True,
+            "ScaledToZero",
+            "the pool is scaled to zero replicas".into(),
+        );
     }
     if c.ready >= c.desired && c.updated >= c.desired && c.rolled_out {
         let msg = format!("{} of {} pods ready", c.ready, c.desired);
@@ -176,15 +191,31 @@ fn progressing(obs: &Observation<'_>, c: &Counts) -> Wanted {
     use ConditionStatus::{False, True};
     let t = ConditionType::Progressing;
     if obs.deployment.is_none() {
-        return (t, False, "NotDeployed", "nothing to roll out until the plan is feasible".into());
+        return (
+            t,
+            False,
+            "NotDeployed",
+            "nothing to roll out until the plan is feasible".into(),
+        );
     }
     if obs.unschedulable.pods > 0 {
-        let why = obs.unschedulable.message.as_deref().unwrap_or("no node has a free GPU");
-        let msg = format!("{} pod(s) cannot be scheduled: {why}", obs.unschedulable.pods);
+        let why = obs
+            .unschedulable
+            .message
+            .as_deref()
+            .unwrap_or("no node has a free GPU");
+        let msg = format!(
+            "{} pod(s) cannot be scheduled: {why}",
+            obs.unschedulable.pods
+        );
         return (t, True, "WaitingForCapacity", msg);
     }
     if !c.rolled_out || c.updated < c.desired {
-        let msg = format!("{} of {} pods run the current template", c.updated.min(c.desired), c.desired);
+        let msg = format!(
+            "{} of {} pods run the current template",
+            c.updated.min(c.desired),
+            c.desired
+        );
         return (t, True, "RollingOut", msg);
     }
     if c.current != c.desired {
@@ -195,21 +226,32 @@ fn progressing(obs: &Observation<'_>, c: &Counts) -> Wanted {
         let msg = format!("waiting for {} pod(s) to become ready", c.desired - c.ready);
         return (t, True, "WaitingForPods", msg);
     }
-    (t, False, "Complete", format!("{} pods run the current template", c.desired))
+    (
+        t,
+        False,
+        "Complete",
+        format!("{} pods run the current template", c.desired),
+    )
 }
 
 fn degraded(obs: &Observation<'_>) -> Wanted {
     use ConditionStatus::{False, True};
     let t = ConditionType::Degraded;
     if let (Err(e), Some(_)) = (obs.plan, obs.deployment) {
-        let msg = format!("the pods keep serving the previous plan; the current spec was rejected: {e}");
+        let msg =
+            format!("the pods keep serving the previous plan; the current spec was rejected: {e}");
         return (t, True, "ServingPreviousPlan", msg);
     }
     if let Some(problems) = obs.telemetry.map(|t| &t.problems).filter(|p| !p.is_empty()) {
         return (t, True, "PodsReportProblems", problems.join("; "));
     }
     if Counts::of(obs.deployment, 0).stalled {
-        return (t, True, "RolloutStalled", "the deployment exceeded its progress deadline".into());
+        return (
+            t,
+            True,
+            "RolloutStalled",
+            "the deployment exceeded its progress deadline".into(),
+        );
     }
     (t, False, "AsExpected", "no problems reported".into())
 }

@@ -4,11 +4,15 @@
 
 use crate::status::TelemetryView;
 use gpupool_api::telemetry::{ModelState, TelemetryReport, TELEMETRY_KIND};
-use gpupool_api::TelemetrySummary;
+use gpupool_api::{InferencePool, TelemetrySummary};
+use gpupool_planner::{PodSample, ScalingInput, ScalingThresholds, Stabilization};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use std::time::Duration;
 
+/// Field manager of the autoscaler's writes of `spec.replicas` (through the scale subresource),
+/// apart from the operator's own so that `managedFields` shows who changed replicas.
+pub const AUTOSCALER_FIELD_MANAGER: &str = "gpupool-autoscaler";
 /// Most pods asked at once.
 const CONCURRENCY: usize = 16;
 /// Most problems listed in the Degraded message.
@@ -113,8 +117,15 @@ impl Collector {
     /// Collects from every pod in `pods`, a bounded number at a time; failures are logged.
     pub async fn collect(&self, pods: &[ReadyPod]) -> Collection {
         use futures::StreamExt;
-        let answers: Vec<_> = futures::stream::iter(pods)
-            .map(|pod| async move { (pod.name.clone(), self.fetch(pod).await) })
+        // Owned pods and client per request keep the future free of borrowed lifetimes (Send).
+        let answers: Vec<_> = futures::stream::iter(pods.to_vec())
+            .map(|pod| {
+                let this = self.clone();
+                async move {
+                    let answer = this.fetch(&pod).await;
+                    (pod.name, answer)
+                }
+            })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
@@ -134,7 +145,11 @@ impl Collector {
     }
 
     async fn fetch(&self, pod: &ReadyPod) -> Result<TelemetryReport, TelemetryError> {
-        let host = if pod.ip.contains(':') { format!("[{}]", pod.ip) } else { pod.ip.clone() };
+        let host = if pod.ip.contains(':') {
+            format!("[{}]", pod.ip)
+        } else {
+            pod.ip.clone()
+        };
         let url = format!("http://{host}:{}/v1/telemetry", pod.port);
         let request = |source| TelemetryError::Request {
             url: url.clone(),
@@ -151,7 +166,10 @@ impl Collector {
             .await
             .map_err(request)?;
         if report.kind != TELEMETRY_KIND {
-            return Err(TelemetryError::WrongKind { url, kind: report.kind });
+            return Err(TelemetryError::WrongKind {
+                url,
+                kind: report.kind,
+            });
         }
         Ok(report)
     }
@@ -166,7 +184,10 @@ pub fn summarise(collection: &Collection, now: &str) -> TelemetryView {
         max_memory_used_fraction: reports()
             .filter_map(|r| r.device.as_ref().map(|d| d.used_fraction()))
             .fold(0.0, f64::max),
-        max_reserved_bytes: reports().map(|r| r.allocator.reserved_bytes).max().unwrap_or(0),
+        max_reserved_bytes: reports()
+            .map(|r| r.allocator.reserved_bytes)
+            .max()
+            .unwrap_or(0),
         queue_depth: models().fold(0u32, |n, m| n.saturating_add(m.queue_depth)),
         images_per_second: models().map(|m| m.images_per_second).sum(),
         rejected_total: models().fold(0u64, |n, m| n.saturating_add(m.rejected_total)),
@@ -176,9 +197,15 @@ pub fn summarise(collection: &Collection, now: &str) -> TelemetryView {
     let mut problems = Vec::new();
     for (pod, report) in &collection.reports {
         if report.circuit_open {
-            problems.push(format!("pod {pod}: memory above rejectAbove, refusing new work"));
+            problems.push(format!(
+                "pod {pod}: memory above rejectAbove, refusing new work"
+            ));
         }
-        for m in report.models.iter().filter(|m| m.state == ModelState::Failed) {
+        for m in report
+            .models
+            .iter()
+            .filter(|m| m.state == ModelState::Failed)
+        {
             let why = m.reason.as_deref().unwrap_or("no reason given");
             problems.push(format!("pod {pod}: model {} failed: {why}", m.name));
         }
@@ -197,8 +224,63 @@ pub fn summarise(collection: &Collection, now: &str) -> TelemetryView {
     }
     TelemetryView {
         summary,
-        max_device_used_bytes: reports().filter_map(|r| r.device.as_ref().map(|d| d.used_bytes)).max(),
+        max_device_used_bytes: reports()
+            .filter_map(|r| r.device.as_ref().map(|d| d.used_bytes))
+            .max(),
         problems,
+    }
+}
+
+/// The planner's view of each report; requests refused are counted since the same pod's
+/// previous report (`previous`), or as none for a pod seen for the first time.
+pub fn samples(collection: &Collection, previous: &[(String, TelemetryReport)]) -> Vec<PodSample> {
+    let rejected = |r: &TelemetryReport| {
+        r.models
+            .iter()
+            .fold(0u64, |n, m| n.saturating_add(m.rejected_total))
+    };
+    collection
+        .reports
+        .iter()
+        .map(|(pod, report)| {
+            let before = previous
+                .iter()
+                .find(|(p, _)| p == pod)
+                .map(|(_, r)| rejected(r));
+            PodSample {
+                memory_used_fraction: report.device.as_ref().map_or(0.0, |d| d.used_fraction()),
+                queue_depth: report
+                    .models
+                    .iter()
+                    .fold(0u32, |n, m| n.saturating_add(m.queue_depth)),
+                // A restarted pod's counter starts again from zero: count nothing then.
+                rejects_delta: before.map_or(0, |b| rejected(report).saturating_sub(b)),
+                circuit_open: report.circuit_open,
+            }
+        })
+        .collect()
+}
+
+/// The input of the planner's replica decision for `pool`.
+pub fn scaling_input(
+    pool: &InferencePool,
+    ready_replicas: i32,
+    samples: Vec<PodSample>,
+    stabilization: Stabilization,
+    now_s: u64,
+) -> ScalingInput {
+    let scaling = &pool.spec.scaling;
+    ScalingInput {
+        current_replicas: pool.spec.replicas,
+        min_replicas: scaling.min_replicas,
+        max_replicas: scaling.max_replicas,
+        ready_replicas,
+        samples,
+        thresholds: ScalingThresholds::from_spec(scaling),
+        stabilization,
+        now_s,
+        up_window_s: u64::from(scaling.scale_up_stabilization_seconds),
+        down_window_s: u64::from(scaling.scale_down_stabilization_seconds),
     }
 }
 

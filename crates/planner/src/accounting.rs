@@ -119,7 +119,10 @@ mod tests {
         // 8 × 2.75 GB + 4.1 GB overhead = 26.1 GB, 4.1 GB over.
         let fit = fits(
             22 * GB,
-            &[Reservation::new(8, 2_750_000_000), Reservation::fixed(41 * HUNDRED_MB)],
+            &[
+                Reservation::new(8, 2_750_000_000),
+                Reservation::fixed(41 * HUNDRED_MB),
+            ],
         );
         assert_eq!(fit.needed_bytes, 26_100_000_000);
         assert!(!fit.fits());
@@ -131,7 +134,10 @@ mod tests {
     fn exact_fit_counts_and_sums_saturate() {
         assert!(fits(10, &[Reservation::new(2, 5)]).fits());
         assert!(!fits(9, &[Reservation::new(2, 5)]).fits());
-        let huge = fits(u64::MAX, &[Reservation::new(u64::MAX, 2), Reservation::fixed(1)]);
+        let huge = fits(
+            u64::MAX,
+            &[Reservation::new(u64::MAX, 2), Reservation::fixed(1)],
+        );
         assert_eq!(huge.needed_bytes, u64::MAX);
         assert!(fits(0, &[]).fits());
     }

@@ -64,7 +64,10 @@ pub struct Budget {
 
 /// Resolves `gpu.memoryBudget` and `gpu.reservedHeadroom` to bytes, so planning works in bytes
 /// only. `measured_card_bytes` is the total the pods reported, if any.
-pub fn resolve_budget(gpu: &GpuSpec, measured_card_bytes: Option<u64>) -> Result<Budget, PlanError> {
+pub fn resolve_budget(
+    gpu: &GpuSpec,
+    measured_card_bytes: Option<u64>,
+) -> Result<Budget, PlanError> {
     let amount = MemoryAmount::parse(&gpu.memory_budget)
         .map_err(|e| PlanError::invalid("gpu.memoryBudget", e.to_string()))?;
     let headroom_bytes = parse_quantity_bytes(&gpu.reserved_headroom)
@@ -79,7 +82,11 @@ pub fn resolve_budget(gpu: &GpuSpec, measured_card_bytes: Option<u64>) -> Result
     };
     let card = spec_card
         .map(|b| (b, CardSource::Spec))
-        .or_else(|| measured_card_bytes.filter(|b| *b > 0).map(|b| (b, CardSource::Measured)))
+        .or_else(|| {
+            measured_card_bytes
+                .filter(|b| *b > 0)
+                .map(|b| (b, CardSource::Measured))
+        })
         .or_else(|| {
             gpu.product
                 .as_deref()
@@ -137,7 +144,10 @@ mod tests {
         assert_eq!(known_card_bytes("NVIDIA H200"), Some(143_771 * MIB));
         assert_eq!(known_card_bytes("tesla-t4"), Some(15_360 * MIB));
         assert_eq!(known_card_bytes("NVIDIA-L4"), Some(23_034 * MIB));
-        assert_eq!(known_card_bytes("NVIDIA-A100-SXM4-40GB"), Some(40_960 * MIB));
+        assert_eq!(
+            known_card_bytes("NVIDIA-A100-SXM4-40GB"),
+            Some(40_960 * MIB)
+        );
         assert_eq!(known_card_bytes("NVIDIA-B200"), None);
     }
 
@@ -159,11 +169,17 @@ mod tests {
         assert_eq!(table.card_bytes, 23_034 * MIB);
         assert_eq!(table.budget_bytes, 11_517 * MIB - (1 << 30));
         let measured = resolve_budget(&g, Some(20 << 30)).expect("valid");
-        assert_eq!((measured.card_bytes, measured.card_source), (20 << 30, CardSource::Measured));
+        assert_eq!(
+            (measured.card_bytes, measured.card_source),
+            (20 << 30, CardSource::Measured)
+        );
         assert_eq!(measured.budget_bytes, (10 << 30) - (1 << 30));
         g.card_memory = Some("16Gi".into());
         let spec = resolve_budget(&g, Some(20 << 30)).expect("valid");
-        assert_eq!((spec.card_bytes, spec.card_source), (16 << 30, CardSource::Spec));
+        assert_eq!(
+            (spec.card_bytes, spec.card_source),
+            (16 << 30, CardSource::Spec)
+        );
         assert_eq!(spec.budget_bytes, 7 << 30);
     }
 
@@ -171,13 +187,19 @@ mod tests {
     fn budget_never_exceeds_the_card() {
         let mut g = gpu("200Gi", "2Gi");
         g.card_memory = Some("80Gi".into());
-        assert_eq!(resolve_budget(&g, None).expect("valid").budget_bytes, 78 << 30);
+        assert_eq!(
+            resolve_budget(&g, None).expect("valid").budget_bytes,
+            78 << 30
+        );
     }
 
     #[test]
     fn unknown_card_with_absolute_budget_takes_the_budget_as_card() {
         let b = resolve_budget(&gpu("10Gi", "1Gi"), None).expect("valid");
-        assert_eq!((b.card_bytes, b.card_source), (10 << 30, CardSource::Unknown));
+        assert_eq!(
+            (b.card_bytes, b.card_source),
+            (10 << 30, CardSource::Unknown)
+        );
         assert_eq!(b.budget_bytes, 9 << 30);
     }
 
@@ -190,11 +212,26 @@ mod tests {
 
     #[test]
     fn error_paths_name_their_field() {
-        assert_eq!(field_of(resolve_budget(&gpu("22GB", "2Gi"), None)), "gpu.memoryBudget");
-        assert_eq!(field_of(resolve_budget(&gpu("120%", "2Gi"), None)), "gpu.memoryBudget");
-        assert_eq!(field_of(resolve_budget(&gpu("22Gi", "two"), None)), "gpu.reservedHeadroom");
-        assert_eq!(field_of(resolve_budget(&gpu("2Gi", "2Gi"), None)), "gpu.reservedHeadroom");
-        assert_eq!(field_of(resolve_budget(&gpu("90%", "2Gi"), None)), "gpu.cardMemory");
+        assert_eq!(
+            field_of(resolve_budget(&gpu("22GB", "2Gi"), None)),
+            "gpu.memoryBudget"
+        );
+        assert_eq!(
+            field_of(resolve_budget(&gpu("120%", "2Gi"), None)),
+            "gpu.memoryBudget"
+        );
+        assert_eq!(
+            field_of(resolve_budget(&gpu("22Gi", "two"), None)),
+            "gpu.reservedHeadroom"
+        );
+        assert_eq!(
+            field_of(resolve_budget(&gpu("2Gi", "2Gi"), None)),
+            "gpu.reservedHeadroom"
+        );
+        assert_eq!(
+            field_of(resolve_budget(&gpu("90%", "2Gi"), None)),
+            "gpu.cardMemory"
+        );
         let mut unknown = gpu("90%", "2Gi");
         unknown.product = Some("NVIDIA-B200".into());
         assert_eq!(field_of(resolve_budget(&unknown, None)), "gpu.cardMemory");

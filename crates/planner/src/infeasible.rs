@@ -72,7 +72,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("3221225472 bytes (3.00Gi)"), "{text}");
         assert!(text.contains("1073741824 bytes (1.00Gi)"), "{text}");
-        assert!(text.contains("short by 2147483648 bytes (2.00Gi)"), "{text}");
+        assert!(
+            text.contains("short by 2147483648 bytes (2.00Gi)"),
+            "{text}"
+        );
         assert!(text.ends_with("unet needs 3.00Gi"), "{text}");
         assert_eq!(err.reason(), "InsufficientMemory");
     }

@@ -37,7 +37,9 @@ pub use infeasible::PlanError;
 pub use memory::{Basis, PeakCurve};
 pub use partition::split_users;
 pub use plan::{plan_pool, reserved_total};
-pub use profile::{profile_model, resolve_precision, MeasuredModel, MeasuredProfiles, ModelProfile};
+pub use profile::{
+    profile_model, resolve_precision, MeasuredModel, MeasuredProfiles, ModelProfile,
+};
 pub use scaling::{
     decide_replicas, PodSample, ScaleDecision, ScaleDirection, ScalingInput, ScalingThresholds,
     Stabilization,

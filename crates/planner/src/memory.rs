@@ -71,7 +71,10 @@ pub fn weights_bytes(
     if let Some(bytes) = measured.get(&precision) {
         return (*bytes, Basis::Measured);
     }
-    if let Some((other, bytes)) = measured.iter().find(|(p, b)| **p != Precision::Auto && **b > 0) {
+    if let Some((other, bytes)) = measured
+        .iter()
+        .find(|(p, b)| **p != Precision::Auto && **b > 0)
+    {
         let scaled = u128::from(*bytes) * u128::from(per_element);
         let scaled = scaled.div_ceil(u128::from(other.bytes_per_element()));
         return (saturate(scaled), Basis::Measured);
@@ -118,17 +121,29 @@ impl PeakCurve {
 
     /// The estimate used when this precision has not been measured (see the module docs).
     /// `activation_per_image` is the spec's fp16 hint in bytes.
-    pub fn estimated(precision: Precision, input: &InputSpec, activation_per_image: Option<u64>) -> Self {
+    pub fn estimated(
+        precision: Precision,
+        input: &InputSpec,
+        activation_per_image: Option<u64>,
+    ) -> Self {
         let fp32 = matches!(precision, Precision::Fp32 | Precision::Auto);
         match activation_per_image {
             Some(hint) => Self::Linear {
                 fixed_bytes: 0,
-                per_image_bytes: if fp32 { hint.saturating_mul(HINT_FP32_FACTOR) } else { hint },
+                per_image_bytes: if fp32 {
+                    hint.saturating_mul(HINT_FP32_FACTOR)
+                } else {
+                    hint
+                },
                 basis: Basis::Hint,
             },
             None => {
                 let input_bytes = input.input_bytes();
-                let factor = if fp32 { DEFAULT_FP32_PER_IMAGE_FACTOR } else { 1 };
+                let factor = if fp32 {
+                    DEFAULT_FP32_PER_IMAGE_FACTOR
+                } else {
+                    1
+                };
                 Self::Linear {
                     fixed_bytes: input_bytes.saturating_mul(DEFAULT_FIXED_INPUTS),
                     per_image_bytes: input_bytes
@@ -227,12 +242,27 @@ mod tests {
     #[test]
     fn weights_prefer_measured_then_scaled_then_parameters_then_default() {
         let none = BTreeMap::new();
-        assert_eq!(weights_bytes(Some(65_846_401), &none, Precision::Fp16), (131_692_802, Basis::Hint));
-        assert_eq!(weights_bytes(Some(52_072_673), &none, Precision::Fp32), (208_290_692, Basis::Hint));
-        assert_eq!(weights_bytes(None, &none, Precision::Bf16), (200_000_000, Basis::Default));
+        assert_eq!(
+            weights_bytes(Some(65_846_401), &none, Precision::Fp16),
+            (131_692_802, Basis::Hint)
+        );
+        assert_eq!(
+            weights_bytes(Some(52_072_673), &none, Precision::Fp32),
+            (208_290_692, Basis::Hint)
+        );
+        assert_eq!(
+            weights_bytes(None, &none, Precision::Bf16),
+            (200_000_000, Basis::Default)
+        );
         let measured = BTreeMap::from([(Precision::Fp16, 62_084_738)]);
-        assert_eq!(weights_bytes(Some(1), &measured, Precision::Fp16), (62_084_738, Basis::Measured));
-        assert_eq!(weights_bytes(Some(1), &measured, Precision::Fp32), (124_169_476, Basis::Measured));
+        assert_eq!(
+            weights_bytes(Some(1), &measured, Precision::Fp16),
+            (62_084_738, Basis::Measured)
+        );
+        assert_eq!(
+            weights_bytes(Some(1), &measured, Precision::Fp32),
+            (124_169_476, Basis::Measured)
+        );
     }
 
     #[test]
@@ -252,7 +282,11 @@ mod tests {
     #[test]
     fn measured_curve_below_and_above_the_measured_range() {
         let curve = PeakCurve::measured([(4, 4000), (8, 6000)]).expect("points");
-        assert_eq!(curve.bytes(1), 4000, "below the smallest point: that point's peak");
+        assert_eq!(
+            curve.bytes(1),
+            4000,
+            "below the smallest point: that point's peak"
+        );
         assert_eq!(curve.bytes(0), 4000);
         // Last segment slope 500/image; last average 750/image: the steeper wins.
         assert_eq!(curve.bytes(10), 6000 + 2 * 750);
@@ -262,12 +296,19 @@ mod tests {
 
     #[test]
     fn measured_curve_never_decreases_with_noisy_points() {
-        let curve = PeakCurve::measured([(1, 100), (2, 50), (4, 200), (4, 150), (0, 9)])
-            .expect("points");
-        assert_eq!(curve, PeakCurve::Measured(vec![(1, 100), (2, 50), (4, 200)]));
+        let curve =
+            PeakCurve::measured([(1, 100), (2, 50), (4, 200), (4, 150), (0, 9)]).expect("points");
+        assert_eq!(
+            curve,
+            PeakCurve::Measured(vec![(1, 100), (2, 50), (4, 200)])
+        );
         let values: Vec<u64> = (1..=12).map(|b| curve.bytes(b)).collect();
         assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
-        assert_eq!(curve.bytes(2), 100, "never below a smaller batch's measured peak");
+        assert_eq!(
+            curve.bytes(2),
+            100,
+            "never below a smaller batch's measured peak"
+        );
         assert!(PeakCurve::measured([(0, 5)]).is_none());
     }
 
@@ -302,7 +343,10 @@ mod tests {
         ];
         for (curve, batch, peaks) in table {
             for peak in peaks {
-                assert!(curve.bytes(batch) >= peak * MIB, "batch {batch}: {peak} MiB");
+                assert!(
+                    curve.bytes(batch) >= peak * MIB,
+                    "batch {batch}: {peak} MiB"
+                );
             }
         }
         assert_eq!(fp16.basis(), Basis::Default);

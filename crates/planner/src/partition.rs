@@ -34,10 +34,17 @@ pub fn split_users(total: u32, shares: &[f64]) -> Vec<u32> {
     let mut order: Vec<usize> = (0..quotas.len()).collect();
     // Stable sort: equal remainders keep model order.
     order.sort_by(|a, b| {
-        let (ra, rb) = (quotas[*a] - quotas[*a].floor(), quotas[*b] - quotas[*b].floor());
+        let (ra, rb) = (
+            quotas[*a] - quotas[*a].floor(),
+            quotas[*b] - quotas[*b].floor(),
+        );
         rb.total_cmp(&ra)
     });
-    for index in order.iter().cycle().take(total.saturating_sub(assigned) as usize) {
+    for index in order
+        .iter()
+        .cycle()
+        .take(total.saturating_sub(assigned) as usize)
+    {
         users[*index] += 1;
     }
     for needy in 0..users.len() {
@@ -83,7 +90,11 @@ mod tests {
     #[test]
     fn users_follow_shares_by_largest_remainder() {
         assert_eq!(split_users(8, &[4.0, 2.0, 2.0]), vec![4, 2, 2]);
-        assert_eq!(split_users(8, &[1.0, 1.0, 1.0]), vec![3, 3, 2], "ties: earlier model");
+        assert_eq!(
+            split_users(8, &[1.0, 1.0, 1.0]),
+            vec![3, 3, 2],
+            "ties: earlier model"
+        );
         assert_eq!(split_users(10, &[0.5, 0.3, 0.2]), vec![5, 3, 2]);
         assert_eq!(split_users(7, &[0.5, 0.3, 0.2]), vec![4, 2, 1]);
         assert_eq!(split_users(1, &[1.0]), vec![1]);
@@ -93,7 +104,11 @@ mod tests {
     fn every_model_gets_a_user() {
         assert_eq!(split_users(8, &[1.0, 0.0, 0.0]), vec![6, 1, 1]);
         assert_eq!(split_users(8, &[100.0, 1.0]), vec![7, 1]);
-        assert_eq!(split_users(2, &[1.0, 1.0, 1.0]), vec![1, 1, 1], "more models than users");
+        assert_eq!(
+            split_users(2, &[1.0, 1.0, 1.0]),
+            vec![1, 1, 1],
+            "more models than users"
+        );
         assert_eq!(split_users(4, &[0.0, 0.0]), vec![2, 2], "all zero: equal");
     }
 
@@ -122,7 +137,10 @@ mod tests {
     #[test]
     fn batches_are_powers_of_two_max_and_measured() {
         assert_eq!(candidate_batches(16, []), vec![1, 2, 4, 8, 16]);
-        assert_eq!(candidate_batches(12, [3, 8, 40, 0]), vec![1, 2, 3, 4, 8, 12]);
+        assert_eq!(
+            candidate_batches(12, [3, 8, 40, 0]),
+            vec![1, 2, 3, 4, 8, 12]
+        );
         assert_eq!(candidate_batches(0, []), vec![1]);
         assert_eq!(candidate_batches(256, []).len(), 9);
     }

@@ -10,7 +10,9 @@ use crate::budget::resolve_budget;
 use crate::infeasible::PlanError;
 use crate::partition::{candidate_batches, max_slots, split_users, traffic_weights};
 use crate::profile::{profile_model, MeasuredProfiles, ModelProfile};
-use crate::search::{minimal_picks, needed_bytes, search, Pick, SearchModel};
+use crate::search::{
+    minimal_picks, mix_images_per_second, needed_bytes, search, Pick, SearchModel,
+};
 use crate::validate::validate_spec;
 use gpupool_api::quantity::format_bytes;
 use gpupool_api::{InferencePoolSpec, ModelPlan, PoolPlan, Streams};
@@ -24,7 +26,10 @@ use gpupool_api::{InferencePoolSpec, ModelPlan, PoolPlan, Streams};
 ///
 /// `estimated_images_per_second` of a model is its part of the mix the GPU serves when saturated
 /// with the spec's traffic shares; their sum is the pool's images per second per GPU.
-pub fn plan_pool(spec: &InferencePoolSpec, measured: &MeasuredProfiles) -> Result<PoolPlan, PlanError> {
+pub fn plan_pool(
+    spec: &InferencePoolSpec,
+    measured: &MeasuredProfiles,
+) -> Result<PoolPlan, PlanError> {
     validate_spec(spec)?;
     let budget = resolve_budget(&spec.gpu, measured.card_bytes)?;
     let profiles = spec
@@ -61,7 +66,7 @@ pub fn plan_pool(spec: &InferencePoolSpec, measured: &MeasuredProfiles) -> Resul
     let Some(outcome) = search(&search_models, budget.budget_bytes) else {
         return Err(infeasible(spec, &search_models, budget.budget_bytes));
     };
-    let mix_rate = if outcome.cost > 0.0 { 1.0 / outcome.cost } else { 0.0 };
+    let mix_rate = mix_images_per_second(outcome.cost);
     let models: Vec<ModelPlan> = spec
         .models
         .iter()
@@ -133,7 +138,11 @@ fn model_plan(name: &str, model: &SearchModel<'_>, pick: &Pick, mix_rate: f64) -
 }
 
 /// The error for a budget too small for even the smallest plan, naming what each model needs.
-fn infeasible(spec: &InferencePoolSpec, models: &[SearchModel<'_>], budget_bytes: u64) -> PlanError {
+fn infeasible(
+    spec: &InferencePoolSpec,
+    models: &[SearchModel<'_>],
+    budget_bytes: u64,
+) -> PlanError {
     let picks = minimal_picks(models);
     let needed = needed_bytes(models, &picks);
     let fit = fits(budget_bytes, &[Reservation::fixed(needed)]);

@@ -58,12 +58,18 @@ impl MeasuredModel {
 
     /// The measured peak curve at `precision`, if any point was measured there.
     pub fn peak_curve(&self, precision: Precision) -> Option<PeakCurve> {
-        PeakCurve::measured(self.points_at(precision).map(|p| (p.batch_size, p.peak_bytes)))
+        PeakCurve::measured(
+            self.points_at(precision)
+                .map(|p| (p.batch_size, p.peak_bytes)),
+        )
     }
 
     /// The measured speed curve at `precision`, if any valid point was measured there.
     pub fn speed_curve(&self, precision: Precision) -> Option<SpeedCurve> {
-        SpeedCurve::measured(self.points_at(precision).map(|p| (p.batch_size, p.latency_ms)))
+        SpeedCurve::measured(
+            self.points_at(precision)
+                .map(|p| (p.batch_size, p.latency_ms)),
+        )
     }
 }
 
@@ -105,7 +111,11 @@ impl MeasuredProfiles {
                 let w = entry.weights_bytes.entry(model.precision).or_insert(0);
                 *w = (*w).max(model.weights_bytes);
             }
-            for p in model.profile.iter().filter(|p| p.precision != Precision::Auto) {
+            for p in model
+                .profile
+                .iter()
+                .filter(|p| p.precision != Precision::Auto)
+            {
                 let key = (model.name.clone(), p.precision, p.batch_size);
                 let slot = points.entry(key).or_insert_with(|| p.clone());
                 slot.latency_ms = slot.latency_ms.max(p.latency_ms);
@@ -156,7 +166,10 @@ impl ModelProfile {
 /// Builds the profile the search uses for one model: the precision resolved (see
 /// [`resolve_precision`]), then for it measured figures where the pods have them and estimates
 /// (memory.rs, throughput.rs) where not.
-pub fn profile_model(spec: &ModelSpec, measured: Option<&MeasuredModel>) -> Result<ModelProfile, PlanError> {
+pub fn profile_model(
+    spec: &ModelSpec,
+    measured: Option<&MeasuredModel>,
+) -> Result<ModelProfile, PlanError> {
     let hint = spec.profile.as_ref();
     let activation = match hint.and_then(|h| h.activation_per_image.as_deref()) {
         Some(text) => Some(parse_quantity_bytes(text).map_err(|e| {
@@ -218,7 +231,11 @@ pub fn resolve_precision(spec: &ModelSpec, measured: Option<&MeasuredModel>) -> 
     let mut best: Option<(Precision, f64)> = None;
     for candidate in [Precision::Bf16, Precision::Fp32] {
         let rows = table(candidate);
-        let shared: Vec<u32> = rows.keys().filter(|b| fp16.contains_key(b)).copied().collect();
+        let shared: Vec<u32> = rows
+            .keys()
+            .filter(|b| fp16.contains_key(b))
+            .copied()
+            .collect();
         let dominates = !shared.is_empty()
             && shared.iter().all(|b| {
                 let (lat_c, mem_c) = rows[b];
@@ -239,9 +256,7 @@ pub fn resolve_precision(spec: &ModelSpec, measured: Option<&MeasuredModel>) -> 
 mod tests {
     use super::*;
     use gpupool_api::model::ProfileHint;
-    use gpupool_api::telemetry::{
-        AllocatorTelemetry, DeviceTelemetry, ModelState, ModelTelemetry,
-    };
+    use gpupool_api::telemetry::{AllocatorTelemetry, DeviceTelemetry, ModelState, ModelTelemetry};
     use gpupool_api::ModelSource;
 
     fn point(precision: Precision, batch: u32, latency_ms: f64, peak: u64) -> ProfilePoint {
@@ -275,10 +290,19 @@ mod tests {
 
     #[test]
     fn auto_is_fp16_without_measurements() {
-        assert_eq!(resolve_precision(&spec(Precision::Auto), None), Precision::Fp16);
+        assert_eq!(
+            resolve_precision(&spec(Precision::Auto), None),
+            Precision::Fp16
+        );
         let only_fp32 = MeasuredModel::new(vec![point(Precision::Fp32, 1, 1.0, 10)]);
-        assert_eq!(resolve_precision(&spec(Precision::Auto), Some(&only_fp32)), Precision::Fp16);
-        assert_eq!(resolve_precision(&spec(Precision::Fp32), None), Precision::Fp32);
+        assert_eq!(
+            resolve_precision(&spec(Precision::Auto), Some(&only_fp32)),
+            Precision::Fp16
+        );
+        assert_eq!(
+            resolve_precision(&spec(Precision::Fp32), None),
+            Precision::Fp32
+        );
     }
 
     #[test]
@@ -288,25 +312,38 @@ mod tests {
             point(Precision::Fp32, 1, 8.0, 2000),
         ]);
         // fp32 weights 4000 + 2000 = 6000 <= fp16 2000 + 4000: fp32 dominates.
-        assert_eq!(resolve_precision(&spec(Precision::Auto), Some(&faster_same_memory)), Precision::Fp32);
+        assert_eq!(
+            resolve_precision(&spec(Precision::Auto), Some(&faster_same_memory)),
+            Precision::Fp32
+        );
         let faster_more_memory = MeasuredModel::new(vec![
             point(Precision::Fp16, 1, 10.0, 4000),
             point(Precision::Fp32, 1, 8.0, 2001),
         ]);
-        assert_eq!(resolve_precision(&spec(Precision::Auto), Some(&faster_more_memory)), Precision::Fp16);
+        assert_eq!(
+            resolve_precision(&spec(Precision::Auto), Some(&faster_more_memory)),
+            Precision::Fp16
+        );
         let slower_somewhere = MeasuredModel::new(vec![
             point(Precision::Fp16, 1, 10.0, 100),
             point(Precision::Fp16, 8, 20.0, 400),
             point(Precision::Bf16, 1, 9.0, 100),
             point(Precision::Bf16, 8, 21.0, 400),
         ]);
-        assert_eq!(resolve_precision(&spec(Precision::Auto), Some(&slower_somewhere)), Precision::Fp16);
+        assert_eq!(
+            resolve_precision(&spec(Precision::Auto), Some(&slower_somewhere)),
+            Precision::Fp16
+        );
         let both = MeasuredModel::new(vec![
             point(Precision::Fp16, 8, 20.0, 9000),
             point(Precision::Bf16, 8, 19.0, 9000),
             point(Precision::Fp32, 8, 19.0, 3000),
         ]);
-        assert_eq!(resolve_precision(&spec(Precision::Auto), Some(&both)), Precision::Bf16, "tie: bf16");
+        assert_eq!(
+            resolve_precision(&spec(Precision::Auto), Some(&both)),
+            Precision::Bf16,
+            "tie: bf16"
+        );
     }
 
     #[test]
@@ -383,12 +420,18 @@ mod tests {
         let a = report(
             1000,
             60,
-            vec![point(Precision::Fp16, 8, 60.0, 900), point(Precision::Auto, 1, 1.0, 1)],
+            vec![
+                point(Precision::Fp16, 8, 60.0, 900),
+                point(Precision::Auto, 1, 1.0, 1),
+            ],
         );
         let b = report(
             900,
             62,
-            vec![point(Precision::Fp16, 8, 50.0, 950), point(Precision::Fp16, 1, 9.0, 500)],
+            vec![
+                point(Precision::Fp16, 8, 50.0, 950),
+                point(Precision::Fp16, 1, 9.0, 500),
+            ],
         );
         let merged = MeasuredProfiles::from_reports(&[a, b]);
         assert_eq!(merged.card_bytes, Some(900));
@@ -396,8 +439,14 @@ mod tests {
         assert_eq!(unet.weights_bytes, BTreeMap::from([(Precision::Fp16, 62)]));
         assert_eq!(
             unet.points,
-            vec![point(Precision::Fp16, 1, 9.0, 500), point(Precision::Fp16, 8, 60.0, 950)]
+            vec![
+                point(Precision::Fp16, 1, 9.0, 500),
+                point(Precision::Fp16, 8, 60.0, 950)
+            ]
         );
-        assert_eq!(MeasuredProfiles::from_reports(&[]), MeasuredProfiles::default());
+        assert_eq!(
+            MeasuredProfiles::from_reports(&[]),
+            MeasuredProfiles::default()
+        );
     }
 }

@@ -150,10 +150,18 @@ pub fn decide_replicas(input: &ScalingInput) -> ScaleDecision {
         stabilization,
     };
     if current < lo {
-        return decision(lo, format!("{current} replicas is below minReplicas {lo}"), reset);
+        return decision(
+            lo,
+            format!("{current} replicas is below minReplicas {lo}"),
+            reset,
+        );
     }
     if current > hi {
-        return decision(hi, format!("{current} replicas is above maxReplicas {hi}"), reset);
+        return decision(
+            hi,
+            format!("{current} replicas is above maxReplicas {hi}"),
+            reset,
+        );
     }
 
     let samples = &input.samples;
@@ -161,10 +169,15 @@ pub fn decide_replicas(input: &ScalingInput) -> ScaleDecision {
     let queue_total: u64 = samples.iter().map(|s| u64::from(s.queue_depth)).sum();
     let target = u64::from(t.target_queue_per_replica.max(1));
     let per_ready = queue_total as f64 / f64::from(ready.max(1));
-    let max_memory = samples.iter().map(|s| s.memory_used_fraction).fold(0.0, f64::max);
+    let max_memory = samples
+        .iter()
+        .map(|s| s.memory_used_fraction)
+        .fold(0.0, f64::max);
     let refusing = samples
         .iter()
-        .filter(|s| s.circuit_open || s.rejects_delta > 0 || s.memory_used_fraction >= t.reject_above)
+        .filter(|s| {
+            s.circuit_open || s.rejects_delta > 0 || s.memory_used_fraction >= t.reject_above
+        })
         .count();
     let pressure = max_memory > t.memory_pressure_watermark;
     let queue_high = per_ready > target as f64;
@@ -188,12 +201,19 @@ pub fn decide_replicas(input: &ScalingInput) -> ScaleDecision {
             format!("{per_ready:.1} queued requests per ready pod is above the target {target}")
         };
         if current >= hi {
-            return decision(current, format!("{why}, but already at maxReplicas {hi}"), waiting);
+            return decision(
+                current,
+                format!("{why}, but already at maxReplicas {hi}"),
+                waiting,
+            );
         }
         if ready < current {
             return decision(
                 current,
-                format!("{why}; waiting for {} pod(s) to become ready first", current - ready),
+                format!(
+                    "{why}; waiting for {} pod(s) to become ready first",
+                    current - ready
+                ),
                 waiting,
             );
         }
@@ -201,7 +221,10 @@ pub fn decide_replicas(input: &ScalingInput) -> ScaleDecision {
         if refusing == 0 && waited < input.up_window_s {
             return decision(
                 current,
-                format!("{why} for {waited}s of the {}s scale-out window", input.up_window_s),
+                format!(
+                    "{why} for {waited}s of the {}s scale-out window",
+                    input.up_window_s
+                ),
                 waiting,
             );
         }
@@ -231,7 +254,10 @@ pub fn decide_replicas(input: &ScalingInput) -> ScaleDecision {
             };
             return decision(
                 current,
-                format!("{why} for {waited}s of the {}s scale-in window", input.down_window_s),
+                format!(
+                    "{why} for {waited}s of the {}s scale-in window",
+                    input.down_window_s
+                ),
                 waiting,
             );
         }
@@ -325,7 +351,16 @@ mod tests {
 
     #[test]
     fn memory_pressure_scales_out_by_one() {
-        let mut i = input(2, vec![quiet(), PodSample { memory_used_fraction: 0.87, ..quiet() }]);
+        let mut i = input(
+            2,
+            vec![
+                quiet(),
+                PodSample {
+                    memory_used_fraction: 0.87,
+                    ..quiet()
+                },
+            ],
+        );
         i.stabilization.up_since_s = Some(900);
         let d = decide_replicas(&i);
         assert_eq!((d.replicas, d.direction), (3, ScaleDirection::Up));
@@ -335,12 +370,25 @@ mod tests {
     #[test]
     fn refusing_pods_skip_the_window() {
         for pod in [
-            PodSample { circuit_open: true, ..quiet() },
-            PodSample { rejects_delta: 3, ..quiet() },
-            PodSample { memory_used_fraction: 0.95, ..quiet() },
+            PodSample {
+                circuit_open: true,
+                ..quiet()
+            },
+            PodSample {
+                rejects_delta: 3,
+                ..quiet()
+            },
+            PodSample {
+                memory_used_fraction: 0.95,
+                ..quiet()
+            },
         ] {
             let d = decide_replicas(&input(1, vec![pod]));
-            assert_eq!((d.replicas, d.direction), (2, ScaleDirection::Up), "{pod:?}");
+            assert_eq!(
+                (d.replicas, d.direction),
+                (2, ScaleDirection::Up),
+                "{pod:?}"
+            );
         }
     }
 
@@ -352,7 +400,11 @@ mod tests {
         let d = decide_replicas(&i);
         assert_eq!(d.direction, ScaleDirection::Hold);
         assert!(d.reason.contains("waiting for 1 pod"), "{}", d.reason);
-        assert_eq!(d.stabilization.up_since_s, Some(0), "the signal keeps its age");
+        assert_eq!(
+            d.stabilization.up_since_s,
+            Some(0),
+            "the signal keeps its age"
+        );
     }
 
     #[test]
@@ -370,7 +422,16 @@ mod tests {
     #[test]
     fn hysteresis_band_holds_and_resets_timers() {
         // 60% memory: below the 85% watermark but not below half of it.
-        let mut i = input(3, vec![PodSample { memory_used_fraction: 0.6, ..quiet() }; 3]);
+        let mut i = input(
+            3,
+            vec![
+                PodSample {
+                    memory_used_fraction: 0.6,
+                    ..quiet()
+                };
+                3
+            ],
+        );
         i.stabilization.down_since_s = Some(0);
         let d = decide_replicas(&i);
         assert_eq!((d.replicas, d.direction), (3, ScaleDirection::Hold));

@@ -4,7 +4,7 @@
 //! # Objective
 //! Models share one GPU, so their throughputs do not add up: with traffic split by weights `w_m`
 //! (normalised traffic shares) and model `m` alone reaching `r_m` images per second, one image of
-//! the mix costs `Σ w_m / r_m` seconds of GPU, and the GPU serves `R = 1 / Σ w_m / r_m` images per
+//! the mix costs `Σ w_m / r_m` seconds of GPU, and the GPU serves `R = 1 / (Σ w_m / r_m)` images per
 //! second of the mix (`w_m × R` of them model `m`'s). The search minimises `Σ w_m / r_m`, which
 //! maximises `R`; a model with no traffic costs nothing and gets the smallest configuration.
 //!
@@ -27,13 +27,18 @@
 //! then the earlier models unloaded last.
 //!
 //! # Why more budget never lowers the estimated throughput
-//! - Candidates, their rounded sizes and costs, and the fallback's residency sets do not depend on
-//!   the budget; only which of them fit does, and a larger budget never makes one stop fitting.
+//! - Candidates (including the slot caps from users and streams), their rounded sizes and costs,
+//!   and the fallback's residency sets do not depend on the budget; only which of them fit does,
+//!   and a larger budget never makes one stop fitting.
+//! - Costs are integers (picoseconds of GPU per image of the mix, see [`cost_of`]), so sums are
+//!   exact and do not depend on the order they are added in: equal plans tie exactly, and no
+//!   rounding can make a larger budget look worse.
 //! - In the dynamic program, `best[u]` is the least cost within `u` units. `best` is non-increasing
-//!   in `u` even in floating point: it is a minimum of sums `best_prev[u - size] + cost`, each
-//!   term no larger than at `u - 1` (induction on models; IEEE addition is monotone). So the
-//!   resident optimum's cost never rises with the budget, and `R = 1 / cost` never falls.
-//! - A fallback plan only exists where every-model-resident at batch 1 does not fit. Its cost is at
+//!   in `u`: it is a minimum of sums `best_prev[u - size] + cost`, each term no larger than at
+//!   `u - 1` (induction on models). So the resident optimum's cost never rises with the budget, and
+//!   `R = 1 / cost` never falls.
+//! - A fallback plan only exists where the dynamic program finds nothing, i.e. every model resident
+//!   at batch 1 does not fit in whole units. Its cost is at
 //!   least that of all models resident at batch 1 and one slot (same configurations, non-resident
 //!   ones discounted), and that all-resident configuration is among the dynamic program's choices
 //!   as soon as it fits, so crossing from fallback to resident planning never lowers `R`. Within
@@ -50,8 +55,12 @@ pub const GRAIN_BYTES: u64 = 4 << 20;
 pub const MAX_UNITS: u64 = 1 << 16;
 /// Throughput of a model loaded on demand relative to it staying resident (fallback plans only).
 pub const NON_RESIDENT_FACTOR: f64 = 0.5;
-/// Largest per-image cost, so sums stay finite even for an absurdly slow measured model.
-const MAX_COST: f64 = 1e300;
+/// Cost units per second of GPU per image of the mix (picoseconds).
+const COST_UNITS_PER_SECOND: f64 = 1e12;
+/// Largest cost of one model (a million seconds per image), so sums of any number stay exact.
+const MAX_COST: u128 = 1_000_000_000_000_000_000;
+/// Marks a memory size no combination reaches.
+const UNREACHABLE: u128 = u128::MAX;
 
 /// One model as the search sees it.
 #[derive(Debug, Clone)]
@@ -84,8 +93,8 @@ pub(crate) struct Pick {
 pub(crate) struct Outcome {
     /// One pick per model, in model order.
     pub picks: Vec<Pick>,
-    /// `Σ w_m / r_m` in model order: seconds of GPU per image of the traffic mix.
-    pub cost: f64,
+    /// `Σ w_m / r_m` in picoseconds of GPU per image of the traffic mix.
+    pub cost: u128,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,17 +102,26 @@ struct Candidate {
     batch: u32,
     slots: u32,
     units: u64,
-    cost: f64,
+    cost: u128,
 }
 
-fn cost_of(weight: f64, images_per_second: f64) -> f64 {
+/// `weight / images_per_second` in picoseconds, rounded, at most [`MAX_COST`]. Integer, so that
+/// sums are exact (see the module docs).
+fn cost_of(weight: f64, images_per_second: f64) -> u128 {
     if weight <= 0.0 {
-        0.0
-    } else if images_per_second > 0.0 {
-        (weight / images_per_second).min(MAX_COST)
+        return 0;
+    }
+    let picoseconds = weight / images_per_second * COST_UNITS_PER_SECOND;
+    if picoseconds.is_finite() && picoseconds < MAX_COST as f64 {
+        (picoseconds.round() as u128).min(MAX_COST)
     } else {
         MAX_COST
     }
+}
+
+/// Images per second of the traffic mix at a total cost (never divides by zero).
+pub(crate) fn mix_images_per_second(cost: u128) -> f64 {
+    COST_UNITS_PER_SECOND / cost.max(1) as f64
 }
 
 fn units_of(bytes: u64) -> u64 {
@@ -126,7 +144,7 @@ fn candidates(model: &SearchModel<'_>) -> Vec<Candidate> {
     all.sort_by(|a, b| {
         a.units
             .cmp(&b.units)
-            .then(a.cost.total_cmp(&b.cost))
+            .then(a.cost.cmp(&b.cost))
             .then(a.slots.cmp(&b.slots))
             .then(a.batch.cmp(&b.batch))
     });
@@ -152,18 +170,20 @@ fn resident_search(models: &[SearchModel<'_>], budget_bytes: u64) -> Option<Outc
         .fold(0u64, u64::saturating_add);
     let width = (budget_bytes / GRAIN_BYTES).min(MAX_UNITS).min(largest);
     let width = usize::try_from(width).ok()?;
-    let mut best = vec![0.0f64; width + 1];
+    let mut best = vec![0u128; width + 1];
     let mut choices: Vec<Vec<u16>> = Vec::with_capacity(lists.len());
     for list in &lists {
-        let mut next = vec![f64::INFINITY; width + 1];
+        let mut next = vec![UNREACHABLE; width + 1];
         let mut chosen = vec![u16::MAX; width + 1];
         for u in 0..=width {
             for (index, c) in list.iter().enumerate() {
-                let Ok(size) = usize::try_from(c.units) else { break };
+                let Ok(size) = usize::try_from(c.units) else {
+                    break;
+                };
                 if size > u {
                     break;
                 }
-                let value = best[u - size] + c.cost;
+                let value = best[u - size].saturating_add(c.cost);
                 if value < next[u] {
                     next[u] = value;
                     chosen[u] = u16::try_from(index).unwrap_or(u16::MAX);
@@ -174,7 +194,7 @@ fn resident_search(models: &[SearchModel<'_>], budget_bytes: u64) -> Option<Outc
         choices.push(chosen);
     }
     let cost = best[width];
-    if !cost.is_finite() {
+    if cost == UNREACHABLE {
         return None;
     }
     let mut picks = vec![
@@ -246,8 +266,12 @@ fn fallback_search(models: &[SearchModel<'_>], budget_bytes: u64) -> Option<Outc
         if needed_bytes(models, &picks) > budget_bytes {
             continue;
         }
-        let cost = models.iter().zip(&picks).fold(0.0, |sum, (model, pick)| {
-            let factor = if pick.resident { 1.0 } else { NON_RESIDENT_FACTOR };
+        let cost = models.iter().zip(&picks).fold(0u128, |sum, (model, pick)| {
+            let factor = if pick.resident {
+                1.0
+            } else {
+                NON_RESIDENT_FACTOR
+            };
             sum + cost_of(model.weight, model.profile.images_per_second(1, 1) * factor)
         });
         if best.as_ref().is_none_or(|b| cost < b.cost) {
@@ -311,7 +335,9 @@ mod tests {
     fn candidates_drop_dominated_configurations() {
         let p = profile(G, 0, G);
         let list = candidates(&model(&p, 1.0, false));
-        assert!(list.windows(2).all(|w| w[0].units < w[1].units && w[0].cost > w[1].cost));
+        assert!(list
+            .windows(2)
+            .all(|w| w[0].units < w[1].units && w[0].cost > w[1].cost));
         assert_eq!((list[0].batch, list[0].slots), (1, 1));
         let zero = candidates(&model(&p, 0.0, false));
         assert_eq!(zero.len(), 1, "no traffic: only the smallest configuration");
@@ -324,34 +350,51 @@ mod tests {
         let plan = search(&models, 12 * G).expect("fits");
         assert!(plan.picks.iter().all(|p| p.resident));
         assert!(needed_bytes(&models, &plan.picks) <= 12 * G);
-        assert!(plan.picks[0].batch * plan.picks[0].slots > plan.picks[1].batch * plan.picks[1].slots);
+        assert!(
+            plan.picks[0].batch * plan.picks[0].slots > plan.picks[1].batch * plan.picks[1].slots
+        );
         let tight = search(&models, 4 * G).expect("fits at batch 1");
-        assert!(tight.picks.iter().all(|p| p.batch == 1 && p.slots == 1 && p.resident));
+        assert!(tight
+            .picks
+            .iter()
+            .all(|p| p.batch == 1 && p.slots == 1 && p.resident));
     }
 
     #[test]
     fn fallback_unloads_unpinned_models_and_prefers_fewer() {
         let big = profile(10 * G, 0, 10 * G);
         let small = profile(G, 0, G);
-        let models = [model(&big, 0.5, true), model(&small, 0.25, false), model(&small, 0.25, false)];
-        // All resident at batch 1: 20 + 2 + 2 = 24 grains.
-        assert!(search(&models, 24 * G).expect("fits").picks.iter().all(|p| p.resident));
-        let one_off = search(&models, 22 * G).expect("one on demand");
+        let models = [
+            model(&big, 0.4, true),
+            model(&small, 0.2, false),
+            model(&small, 0.2, false),
+            model(&small, 0.2, false),
+        ];
+        let residency = |budget| {
+            search(&models, budget).map(|o| o.picks.iter().map(|p| p.resident).collect::<Vec<_>>())
+        };
+        // All resident at batch 1: 20 + 2 + 2 + 2 grains. One model on demand saves nothing (the
+        // area is its own size); two save one model's worth; three save two.
+        assert_eq!(residency(26 * G), Some(vec![true; 4]));
+        assert_eq!(residency(25 * G), residency(24 * G));
         assert_eq!(
-            one_off.picks.iter().map(|p| p.resident).collect::<Vec<_>>(),
-            vec![true, true, false],
-            "unload the later model first"
+            residency(24 * G),
+            Some(vec![true, true, false, false]),
+            "unload the later models first"
         );
-        assert!(search(&models, 21 * G).is_none());
+        assert_eq!(residency(22 * G), Some(vec![true, false, false, false]));
+        assert_eq!(residency(21 * G), None);
         assert_eq!(needed_bytes(&models, &minimal_picks(&models)), 22 * G);
     }
 
     #[test]
     fn cost_saturates() {
-        assert_eq!(cost_of(0.0, 0.0), 0.0);
+        assert_eq!(cost_of(0.0, 0.0), 0);
         assert_eq!(cost_of(1.0, 0.0), MAX_COST);
         assert_eq!(cost_of(1.0, f64::MIN_POSITIVE), MAX_COST);
-        assert_eq!(cost_of(0.5, 2.0), 0.25);
+        assert_eq!(cost_of(0.5, 2.0), 250_000_000_000);
+        assert_eq!(mix_images_per_second(250_000_000_000), 4.0);
+        assert_eq!(mix_images_per_second(0), 1e12);
     }
 
     #[test]
@@ -359,7 +402,11 @@ mod tests {
         assert_eq!(fallback_masks(2), vec![0, 1, 2, 3]);
         assert_eq!(fallback_masks(3), vec![0, 1, 2, 4, 3, 5, 6, 7]);
         let p = profile(G, 0, G);
-        let models = [model(&p, 0.5, false), model(&p, 0.5, true), model(&p, 0.5, false)];
+        let models = [
+            model(&p, 0.5, false),
+            model(&p, 0.5, true),
+            model(&p, 0.5, false),
+        ];
         let residency = |mask| {
             fallback_picks(&models, &[0, 2], mask)
                 .iter()

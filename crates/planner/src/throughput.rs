@@ -87,7 +87,8 @@ impl SpeedCurve {
             Precision::Fp16 | Precision::Bf16 => 1.0,
         };
         Self::Estimated {
-            batch_one_images_per_second: ESTIMATED_IMAGES_PER_SECOND * (1024.0 * 1024.0 / pixels)
+            batch_one_images_per_second: ESTIMATED_IMAGES_PER_SECOND
+                * (1024.0 * 1024.0 / pixels)
                 * precision_factor,
         }
     }
@@ -139,7 +140,10 @@ mod tests {
     #[test]
     fn batching_helps_with_diminishing_returns() {
         assert_eq!(batch_speedup(1), 1.0);
-        let gains: Vec<f64> = [1, 2, 4, 8, 16, 256].iter().map(|b| batch_speedup(*b)).collect();
+        let gains: Vec<f64> = [1, 2, 4, 8, 16, 256]
+            .iter()
+            .map(|b| batch_speedup(*b))
+            .collect();
         assert!(gains.windows(2).all(|w| w[1] > w[0]), "{gains:?}");
         assert!(gains.iter().all(|g| *g < 4.0));
         assert!((batch_speedup(8) - 8.0 / 2.75).abs() < 1e-12);
@@ -166,7 +170,10 @@ mod tests {
         .expect("points");
         assert!((curve.images_per_second(8, 1) - 124.2).abs() < 1e-9);
         assert!((curve.images_per_second(16, 1) - 122.9).abs() < 1e-9);
-        assert_eq!(curve.images_per_second(32, 1), curve.images_per_second(16, 1));
+        assert_eq!(
+            curve.images_per_second(32, 1),
+            curve.images_per_second(16, 1)
+        );
         let mid = curve.images_per_second(4, 1);
         assert!(mid > 109.3 && mid < 124.2, "{mid}");
         assert_eq!(curve.basis(), Basis::Measured);

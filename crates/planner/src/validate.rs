@@ -66,7 +66,10 @@ pub fn validate_spec(spec: &InferencePoolSpec) -> Result<(), PlanError> {
 fn validate_model(i: usize, model: &ModelSpec) -> Result<(), PlanError> {
     let field = |name: &str| format!("models[{i}].{name}");
     if model.name.is_empty() || model.name.len() > 63 {
-        return Err(PlanError::invalid(field("name"), "must be 1 to 63 characters"));
+        return Err(PlanError::invalid(
+            field("name"),
+            "must be 1 to 63 characters",
+        ));
     }
     if !(1..=MAX_BATCH).contains(&model.max_batch) {
         return Err(PlanError::invalid(
@@ -77,18 +80,27 @@ fn validate_model(i: usize, model: &ModelSpec) -> Result<(), PlanError> {
     if !(model.traffic_share.is_finite() && model.traffic_share >= 0.0) {
         return Err(PlanError::invalid(
             field("trafficShare"),
-            format!("must be a number of at least 0, not {}", model.traffic_share),
+            format!(
+                "must be a number of at least 0, not {}",
+                model.traffic_share
+            ),
         ));
     }
     let input = &model.input;
     if !(8..=8192).contains(&input.width) || !(8..=8192).contains(&input.height) {
         return Err(PlanError::invalid(
             field("input"),
-            format!("width and height must be 8 to 8192, not {}×{}", input.width, input.height),
+            format!(
+                "width and height must be 8 to 8192, not {}×{}",
+                input.width, input.height
+            ),
         ));
     }
     if input.mean.len() != 3 || input.mean.iter().any(|m| !m.is_finite()) {
-        return Err(PlanError::invalid(field("input.mean"), "needs 3 finite values (R, G, B)"));
+        return Err(PlanError::invalid(
+            field("input.mean"),
+            "needs 3 finite values (R, G, B)",
+        ));
     }
     if input.std.len() != 3 || input.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(PlanError::invalid(
@@ -98,11 +110,15 @@ fn validate_model(i: usize, model: &ModelSpec) -> Result<(), PlanError> {
     }
     if let Some(hint) = &model.profile {
         if hint.parameters == Some(0) {
-            return Err(PlanError::invalid(field("profile.parameters"), "must be at least 1"));
+            return Err(PlanError::invalid(
+                field("profile.parameters"),
+                "must be at least 1",
+            ));
         }
         if let Some(text) = &hint.activation_per_image {
-            parse_quantity_bytes(text)
-                .map_err(|e| PlanError::invalid(field("profile.activationPerImage"), e.to_string()))?;
+            parse_quantity_bytes(text).map_err(|e| {
+                PlanError::invalid(field("profile.activationPerImage"), e.to_string())
+            })?;
         }
     }
     Ok(())
@@ -111,10 +127,16 @@ fn validate_model(i: usize, model: &ModelSpec) -> Result<(), PlanError> {
 fn validate_scaling(spec: &InferencePoolSpec) -> Result<(), PlanError> {
     let s = &spec.scaling;
     if s.min_replicas < 0 {
-        return Err(PlanError::invalid("scaling.minReplicas", "must not be negative"));
+        return Err(PlanError::invalid(
+            "scaling.minReplicas",
+            "must not be negative",
+        ));
     }
     if s.max_replicas < 1 {
-        return Err(PlanError::invalid("scaling.maxReplicas", "must be at least 1"));
+        return Err(PlanError::invalid(
+            "scaling.maxReplicas",
+            "must be at least 1",
+        ));
     }
     if s.min_replicas > s.max_replicas {
         return Err(PlanError::invalid(
@@ -133,7 +155,10 @@ fn validate_scaling(spec: &InferencePoolSpec) -> Result<(), PlanError> {
         ));
     }
     if !fraction(s.reject_above) {
-        return Err(PlanError::invalid("scaling.rejectAbove", "must be a fraction in (0, 1]"));
+        return Err(PlanError::invalid(
+            "scaling.rejectAbove",
+            "must be a fraction in (0, 1]",
+        ));
     }
     if s.memory_pressure_watermark > s.reject_above {
         return Err(PlanError::invalid(
@@ -145,7 +170,10 @@ fn validate_scaling(spec: &InferencePoolSpec) -> Result<(), PlanError> {
         ));
     }
     if s.target_queue_per_replica == 0 {
-        return Err(PlanError::invalid("scaling.targetQueuePerReplica", "must be at least 1"));
+        return Err(PlanError::invalid(
+            "scaling.targetQueuePerReplica",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -201,23 +229,59 @@ mod tests {
     #[test]
     fn model_list_errors() {
         assert_eq!(field_after(|s| s.models.clear()), "models");
-        assert_eq!(field_after(|s| s.models = (0..17).map(|i| model(&format!("m{i}"))).collect()), "models");
-        assert_eq!(field_after(|s| s.models[1].name = "hrnet".into()), "models[1].name");
-        assert_eq!(field_after(|s| s.models[0].name = String::new()), "models[0].name");
+        assert_eq!(
+            field_after(|s| s.models = (0..17).map(|i| model(&format!("m{i}"))).collect()),
+            "models"
+        );
+        assert_eq!(
+            field_after(|s| s.models[1].name = "hrnet".into()),
+            "models[1].name"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].name = String::new()),
+            "models[0].name"
+        );
     }
 
     #[test]
     fn model_field_errors() {
-        assert_eq!(field_after(|s| s.models[0].max_batch = 0), "models[0].maxBatch");
-        assert_eq!(field_after(|s| s.models[0].max_batch = 257), "models[0].maxBatch");
-        assert_eq!(field_after(|s| s.models[1].traffic_share = -1.0), "models[1].trafficShare");
-        assert_eq!(field_after(|s| s.models[1].traffic_share = f64::NAN), "models[1].trafficShare");
-        assert_eq!(field_after(|s| s.models[0].input.width = 0), "models[0].input");
-        assert_eq!(field_after(|s| s.models[0].input.mean = vec![0.5]), "models[0].input.mean");
-        assert_eq!(field_after(|s| s.models[0].input.std[2] = 0.0), "models[0].input.std");
-        assert_eq!(field_after(|s| s.models[0].input.std[1] = -0.2), "models[0].input.std");
         assert_eq!(
-            field_after(|s| s.models[0].profile = Some(ProfileHint { parameters: Some(0), activation_per_image: None })),
+            field_after(|s| s.models[0].max_batch = 0),
+            "models[0].maxBatch"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].max_batch = 257),
+            "models[0].maxBatch"
+        );
+        assert_eq!(
+            field_after(|s| s.models[1].traffic_share = -1.0),
+            "models[1].trafficShare"
+        );
+        assert_eq!(
+            field_after(|s| s.models[1].traffic_share = f64::NAN),
+            "models[1].trafficShare"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].input.width = 0),
+            "models[0].input"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].input.mean = vec![0.5]),
+            "models[0].input.mean"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].input.std[2] = 0.0),
+            "models[0].input.std"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].input.std[1] = -0.2),
+            "models[0].input.std"
+        );
+        assert_eq!(
+            field_after(|s| s.models[0].profile = Some(ProfileHint {
+                parameters: Some(0),
+                activation_per_image: None
+            })),
             "models[0].profile.parameters"
         );
         assert_eq!(
@@ -233,11 +297,26 @@ mod tests {
 
     #[test]
     fn streams_users_and_replicas_errors() {
-        assert_eq!(field_after(|s| s.gpu.streams = Streams::Count(0)), "gpu.streams");
-        assert_eq!(field_after(|s| s.gpu.streams = Streams::Count(65)), "gpu.streams");
-        assert_eq!(field_after(|s| s.gpu.streams = Streams::Count(1)), "gpu.streams");
-        assert_eq!(field_after(|s| s.concurrency.target_users = 0), "concurrency.targetUsers");
-        assert_eq!(field_after(|s| s.concurrency.target_users = 4097), "concurrency.targetUsers");
+        assert_eq!(
+            field_after(|s| s.gpu.streams = Streams::Count(0)),
+            "gpu.streams"
+        );
+        assert_eq!(
+            field_after(|s| s.gpu.streams = Streams::Count(65)),
+            "gpu.streams"
+        );
+        assert_eq!(
+            field_after(|s| s.gpu.streams = Streams::Count(1)),
+            "gpu.streams"
+        );
+        assert_eq!(
+            field_after(|s| s.concurrency.target_users = 0),
+            "concurrency.targetUsers"
+        );
+        assert_eq!(
+            field_after(|s| s.concurrency.target_users = 4097),
+            "concurrency.targetUsers"
+        );
         assert_eq!(field_after(|s| s.replicas = -1), "replicas");
         let mut ok = spec();
         ok.gpu.streams = Streams::Count(2);
@@ -246,9 +325,18 @@ mod tests {
 
     #[test]
     fn scaling_errors() {
-        assert_eq!(field_after(|s| s.scaling.min_replicas = 5), "scaling.minReplicas");
-        assert_eq!(field_after(|s| s.scaling.min_replicas = -1), "scaling.minReplicas");
-        assert_eq!(field_after(|s| s.scaling.max_replicas = 0), "scaling.maxReplicas");
+        assert_eq!(
+            field_after(|s| s.scaling.min_replicas = 5),
+            "scaling.minReplicas"
+        );
+        assert_eq!(
+            field_after(|s| s.scaling.min_replicas = -1),
+            "scaling.minReplicas"
+        );
+        assert_eq!(
+            field_after(|s| s.scaling.max_replicas = 0),
+            "scaling.maxReplicas"
+        );
         assert_eq!(
             field_after(|s| s.scaling.memory_pressure_watermark = 0.0),
             "scaling.memoryPressureWatermark"
@@ -257,7 +345,13 @@ mod tests {
             field_after(|s| s.scaling.memory_pressure_watermark = 0.95),
             "scaling.memoryPressureWatermark"
         );
-        assert_eq!(field_after(|s| s.scaling.reject_above = 1.5), "scaling.rejectAbove");
-        assert_eq!(field_after(|s| s.scaling.target_queue_per_replica = 0), "scaling.targetQueuePerReplica");
+        assert_eq!(
+            field_after(|s| s.scaling.reject_above = 1.5),
+            "scaling.rejectAbove"
+        );
+        assert_eq!(
+            field_after(|s| s.scaling.target_queue_per_replica = 0),
+            "scaling.targetQueuePerReplica"
+        );
     }
 }

@@ -46,6 +46,9 @@ pub struct Settings {
     /// Longest shutdown waits for in-flight requests, seconds.
     #[arg(long, env = "GPUPOOL_DRAIN_SECONDS", default_value_t = 25)]
     pub drain_seconds: u64,
+    /// After SIGTERM, how long readiness is off before new work is refused (endpoint propagation).
+    #[arg(long, env = "GPUPOOL_SHUTDOWN_SETTLE_MS", default_value_t = 0)]
+    pub shutdown_settle_ms: u64,
     /// Calibration iterations per (precision, batch size) at start-up.
     #[arg(long, env = "GPUPOOL_CALIBRATION_ITERS", default_value_t = 3)]
     pub calibration_iters: u32,

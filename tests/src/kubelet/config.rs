@@ -44,7 +44,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// The Lease's `leaseDurationSeconds`.
     pub lease_duration: Duration,
-    /// How often probes run (the probes' own `periodSeconds` is not waited for).
+    /// How often probes run. A probe's `failureThreshold` is scaled by `periodSeconds` /
+    /// `probe_period`, so failing still takes as long as the spec says while success (startup,
+    /// readiness) is seen within one `probe_period`.
     pub probe_period: Duration,
     /// First delay before restarting an exited container; doubles per restart.
     pub restart_backoff: Duration,
@@ -52,6 +54,8 @@ pub struct Config {
     pub max_restart_backoff: Duration,
     /// Also set `CUDA_VISIBLE_DEVICES` to the pod's GPU indices (not only `NVIDIA_VISIBLE_DEVICES`).
     pub set_cuda_visible_devices: bool,
+    /// Host directories backing PersistentVolumeClaims, by claim name (see [`Config::claim_dir`]).
+    pub claim_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl Config {
@@ -75,7 +79,16 @@ impl Config {
             restart_backoff: Duration::from_secs(1),
             max_restart_backoff: Duration::from_secs(60),
             set_cuda_visible_devices: false,
+            claim_dirs: BTreeMap::new(),
         }
+    }
+
+    /// Directory backing claim `claim` of `namespace`: the one mapped for the claim's name, else
+    /// `<state>/claims/<namespace>/<claim>` (kept when pods go, like a real volume).
+    pub fn claim_dir(&self, namespace: &str, claim: &str) -> PathBuf {
+        self.claim_dirs.get(claim).cloned().unwrap_or_else(|| {
+            self.state_dir.join("claims").join(namespace).join(claim)
+        })
     }
 
     /// Directory of one pod (volumes, pid file); removed when the pod is gone.

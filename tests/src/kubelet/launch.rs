@@ -5,11 +5,14 @@
 //!   rewritten to the volume's directory on this host (also in `--flag=PATH` form).
 //! - `--listen HOST:PORT` gets the pod IP as host (keeping PORT); without one,
 //!   `--listen <podIP>:<first containerPort, else 8080>` is added.
-//! - Without `--config`, `--config <dir>/<file>` is added: the first file (by name) of the first
-//!   ConfigMap volume mounted into the container.
+//! - Without `--config`, `--config PATH` is added, PATH being the first of: the value of a
+//!   container env var whose name ends in `CONFIG` and that names a file in a ConfigMap volume
+//!   (e.g. the operator's `GPUPOOL_SIDECAR_CONFIG=/etc/gpupool/sidecar.yaml`); the first `.yaml`
+//!   / `.yml` file of the first ConfigMap volume mounted into the container; its first file.
 //! - The environment is the stand-in's own, plus the `GPUPOOL_*` variables below, plus the
 //!   container's `env` and `envFrom` (values, downward-API `fieldRef`, `resourceFieldRef` as the
-//!   raw quantity, ConfigMap and Secret keys), which win on conflicts.
+//!   raw quantity, ConfigMap and Secret keys), which win on conflicts. Env values that are paths
+//!   under a `mountPath` are rewritten like arguments.
 //!
 //! | variable | value |
 //! | --- | --- |
@@ -60,7 +63,11 @@ pub async fn build(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mounts = mounts(container, placement.volumes);
     let mut env = gpupool_env(placement, &mounts);
-    env.extend(container_env(client, pod, &namespace, container, placement).await?);
+    let own = container_env(client, pod, &namespace, container, placement).await?;
+    let own: Vec<(String, String)> =
+        own.into_iter().map(|(k, v)| (k, host_path(&mounts, &v))).collect();
+    let default_config = default_config(pod, container, placement.volumes, &own);
+    env.extend(own);
 
     let vars: BTreeMap<String, String> = env.iter().cloned().collect();
     let args: Vec<String> = container.args.iter().flatten().map(|a| expand(a, &vars)).collect();
@@ -71,7 +78,6 @@ pub async fn build(
         .next()
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(8080);
-    let default_config = default_config(pod, container, placement.volumes);
     Ok(Launch {
         program,
         args: rewrite_args(&args, &mounts, placement.ip, port, default_config),
@@ -283,22 +289,56 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// The first file of the first ConfigMap volume mounted into `container`.
-fn default_config(pod: &Pod, container: &Container, volumes: &BTreeMap<String, PathBuf>) -> Option<PathBuf> {
+/// The config file to pass when the args name none (see the module docs for the order).
+fn default_config(
+    pod: &Pod,
+    container: &Container,
+    volumes: &BTreeMap<String, PathBuf>,
+    env: &[(String, String)],
+) -> Option<PathBuf> {
     let spec_volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref())?;
-    container.volume_mounts.iter().flatten().find_map(|m| {
-        let volume = spec_volumes.iter().find(|v| v.name == m.name)?;
-        volume.config_map.as_ref()?;
-        let dir = volumes.get(&m.name)?;
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with(".."))
-            .collect();
-        files.sort();
-        files.first().map(|f| dir.join(f))
-    })
+    let config_dirs: Vec<&PathBuf> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| spec_volumes.iter().any(|v| v.name == m.name && v.config_map.is_some()))
+        .filter_map(|m| volumes.get(&m.name))
+        .collect();
+    let named = env.iter().find_map(|(name, value)| {
+        let path = PathBuf::from(value);
+        let inside = config_dirs.iter().any(|d| path.starts_with(d));
+        (name.ends_with("CONFIG") && inside && path.is_file()).then_some(path)
+    });
+    if named.is_some() {
+        return named;
+    }
+    let dir = config_dirs.first()?;
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".."))
+        .collect();
+    files.sort();
+    let yaml = files.iter().find(|f| f.ends_with(".yaml") || f.ends_with(".yml"));
+    yaml.or(files.first()).map(|f| dir.join(f))
+}
+
+/// `value` with a leading `mountPath` replaced by the volume's host path (longest mount first).
+fn host_path(mounts: &[(String, PathBuf)], value: &str) -> String {
+    let mut best: Option<(&str, &PathBuf)> = None;
+    for (mount, host) in mounts {
+        if let Some(rest) = value.strip_prefix(mount.as_str()) {
+            let longer = best.is_none_or(|(b, _)| mount.len() > b.len());
+            if (rest.is_empty() || rest.starts_with('/')) && longer {
+                best = Some((mount, host));
+            }
+        }
+    }
+    match best {
+        Some((mount, host)) => format!("{}{}", host.display(), &value[mount.len()..]),
+        None => value.to_string(),
+    }
 }
 
 /// Rewrites mount paths to host paths, points `--listen` at the pod IP and adds `--listen` and
@@ -310,18 +350,7 @@ pub fn rewrite_args(
     port: u16,
     default_config: Option<PathBuf>,
 ) -> Vec<String> {
-    let mut by_length: Vec<&(String, PathBuf)> = mounts.iter().collect();
-    by_length.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
-    let host_path = |value: &str| -> String {
-        for (mount, host) in &by_length {
-            if let Some(rest) = value.strip_prefix(mount.as_str()) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    return format!("{}{rest}", host.display());
-                }
-            }
-        }
-        value.to_string()
-    };
+    let host_path = |value: &str| host_path(mounts, value);
     let listen = |value: &str| {
         let port = value.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(port);
         format!("{ip}:{port}")

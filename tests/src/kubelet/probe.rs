@@ -157,14 +157,19 @@ pub struct ProbeState {
 }
 
 impl ProbeState {
-    /// A probe's state before its first run; `passing` starts as `initially`.
-    pub fn new(probe: &Probe, initially: bool) -> Self {
+    /// A probe's state before its first run, when it runs every `period`; `passing` starts as
+    /// `initially`. The failure threshold is scaled by `periodSeconds / period` so that failing
+    /// takes as long as the spec says.
+    pub fn new(probe: &Probe, period: Duration, initially: bool) -> Self {
         let positive = |v: Option<i32>, default: u32| {
             v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default)
         };
+        let spec_period = Duration::from_secs(positive(probe.period_seconds, 10).into());
+        let runs_per_period = spec_period.as_secs_f64() / period.as_secs_f64().max(0.001);
+        let scale = (runs_per_period.ceil() as u32).max(1);
         Self {
             success_threshold: positive(probe.success_threshold, 1),
-            failure_threshold: positive(probe.failure_threshold, 3),
+            failure_threshold: positive(probe.failure_threshold, 3).saturating_mul(scale),
             initial_delay: Duration::from_secs(positive(probe.initial_delay_seconds, 0).into()),
             successes: 0,
             failures: 0,
@@ -175,6 +180,11 @@ impl ProbeState {
     /// Whether the probe is due, `since_start` after the container started.
     pub fn due(&self, since_start: Duration) -> bool {
         since_start >= self.initial_delay
+    }
+
+    /// Whether the last `failureThreshold` results all failed.
+    pub fn failed_out(&self) -> bool {
+        self.failures >= self.failure_threshold
     }
 
     /// Records one result; returns the new verdict if it changed.
@@ -216,14 +226,30 @@ mod tests {
         let probe = Probe {
             failure_threshold: Some(2),
             success_threshold: Some(1),
+            period_seconds: Some(1),
             ..Probe::default()
         };
-        let mut state = ProbeState::new(&probe, false);
+        let mut state = ProbeState::new(&probe, Duration::from_secs(1), false);
         assert_eq!(state.record(true), Some(true));
         assert_eq!(state.record(false), None);
         assert_eq!(state.record(true), None);
         assert_eq!(state.record(false), None);
         assert_eq!(state.record(false), Some(false));
+    }
+
+    #[test]
+    fn failing_takes_as_long_as_the_spec_says_at_a_faster_period() {
+        let probe = Probe {
+            failure_threshold: Some(3),
+            period_seconds: Some(10),
+            ..Probe::default()
+        };
+        let mut state = ProbeState::new(&probe, Duration::from_secs(1), true);
+        for _ in 0..29 {
+            assert_eq!(state.record(false), None);
+        }
+        assert_eq!(state.record(false), Some(false));
+        assert_eq!(state.record(true), Some(true), "one success is seen at once");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! A pod's volumes as directories under its pod directory. ConfigMap and Secret volumes are
 //! watched and rewritten atomically on every change (see [`super::atomic`]), as the kubelet's
-//! projected-volume refresh does; emptyDir is a fresh directory; hostPath is the host path itself.
+//! projected-volume refresh does; emptyDir is a fresh directory; hostPath is the host path itself;
+//! a persistentVolumeClaim is the directory [`Config::claim_dir`] names, which outlives the pod.
 //! Other volume types become empty directories (with a warning).
 
 use super::atomic::{write_payload, FileContent, Payload};
+use super::config::Config;
 use super::error::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret};
@@ -42,7 +44,7 @@ struct Projection {
 
 impl Volumes {
     /// Creates every volume of `pod` under `<pod_dir>/volumes/<name>` and starts the watches.
-    pub fn start(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Self> {
+    pub fn start(client: &Client, config: &Config, pod: &Pod, pod_dir: &Path) -> Result<Self> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let mut volumes = Volumes::default();
@@ -51,6 +53,12 @@ impl Volumes {
             let dir = pod_dir.join("volumes").join(&volume.name);
             if let Some(host) = &volume.host_path {
                 volumes.paths.insert(volume.name, PathBuf::from(&host.path));
+                continue;
+            }
+            if let Some(claim) = &volume.persistent_volume_claim {
+                let dir = config.claim_dir(&namespace, &claim.claim_name);
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+                volumes.paths.insert(volume.name, dir);
                 continue;
             }
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;

@@ -38,11 +38,17 @@ struct Probing {
 }
 
 impl Probing {
-    fn new(probe: &Option<Probe>, container: &Container, ip: Ipv4Addr, initially: bool) -> Option<Self> {
+    fn new(
+        probe: &Option<Probe>,
+        container: &Container,
+        ip: Ipv4Addr,
+        period: Duration,
+        initially: bool,
+    ) -> Option<Self> {
         probe.as_ref().map(|p| Probing {
             check: probe::check(p, container, IpAddr::V4(ip)),
             timeout: probe::timeout(p),
-            state: ProbeState::new(p, initially),
+            state: ProbeState::new(p, period, initially),
         })
     }
 
@@ -157,7 +163,7 @@ impl Worker {
         self.record.set_condition("Initialized", true);
         self.write_status().await;
 
-        match Volumes::start(&self.shared.client, &self.pod, &self.dir) {
+        match Volumes::start(&self.shared.client, &self.shared.config, &self.pod, &self.dir) {
             Ok(volumes) => self.volumes = Some(volumes),
             Err(e) => {
                 self.set_waiting("CreateContainerConfigError", &e.to_string());
@@ -223,7 +229,7 @@ impl Worker {
             self.write_status().await;
             return self.wait_for_end().await;
         };
-        let policy = restart_policy(&self.pod);
+        let policy = restart_policy(&self.pod).to_string();
         let config = &self.shared.config;
         let (base_backoff, max_backoff) = (config.restart_backoff, config.max_restart_backoff);
         let mut backoff = base_backoff;
@@ -242,7 +248,7 @@ impl Worker {
                     if ran > 2 * max_backoff {
                         backoff = base_backoff;
                     }
-                    next_start = self.exited(exit, None, policy, &mut backoff);
+                    next_start = self.exited(exit, None, &policy, &mut backoff);
                 }
                 _ = tokio::time::sleep_until(start_at), if next_start.is_some() && self.running.is_none() => {
                     next_start = None;
@@ -266,7 +272,7 @@ impl Worker {
                         let grace = liveness_grace(&self.pod, &container);
                         if let Some(mut running) = self.running.take() {
                             let exit = running.process.stop(grace).await;
-                            next_start = self.exited(exit, Some("LivenessProbeFailed"), policy, &mut backoff);
+                            next_start = self.exited(exit, Some("LivenessProbeFailed"), &policy, &mut backoff);
                         }
                     }
                 }
@@ -303,8 +309,10 @@ impl Worker {
             tracing::warn!(error = %e, "cannot write {}", pid_file.display());
         }
         tracing::info!(pod = %self.key, container = %container.name, pid, program = %launch.program.display(), args = ?launch.args, "container started");
-        let readiness = Probing::new(&container.readiness_probe, container, ip, false);
-        let startup = Probing::new(&container.startup_probe, container, ip, false);
+        let period = config.probe_period;
+        let readiness = Probing::new(&container.readiness_probe, container, ip, period, false);
+        let startup = Probing::new(&container.startup_probe, container, ip, period, false);
+        let liveness = Probing::new(&container.liveness_probe, container, ip, period, true);
         let record = self.first_container();
         if let Some(c) = record {
             c.state = State::Running(process.started_at);
@@ -320,7 +328,7 @@ impl Worker {
             process,
             since: Instant::now(),
             readiness,
-            liveness: Probing::new(&container.liveness_probe, container, ip, true),
+            liveness,
             startup,
         });
         Ok(())

@@ -45,6 +45,8 @@ pub struct AppState {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// False once shutdown has begun: readiness fails so the Service stops sending traffic.
+    pub ready: Arc<AtomicBool>,
+    /// False once the settle period after the signal has passed: new work gets 503.
     pub accepting: Arc<AtomicBool>,
     /// Admission at the door.
     pub in_flight: Arc<Semaphore>,
@@ -58,6 +60,7 @@ impl AppState {
         Self {
             pipeline,
             metrics,
+            ready: Arc::new(AtomicBool::new(true)),
             accepting: Arc::new(AtomicBool::new(true)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             limits,
@@ -67,6 +70,11 @@ impl AppState {
     /// Whether the process still takes new work.
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Whether readiness probes should pass (false from the termination signal on).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.is_accepting()
     }
 }
 

@@ -31,7 +31,7 @@ pub async fn live() -> StatusCode {
 
 /// `GET /v2/health/ready`: 200 when every model is ready.
 pub async fn ready(State(state): State<AppState>) -> StatusCode {
-    if state.is_accepting() && state.pipeline.backend().ready() {
+    if state.is_ready() && state.pipeline.backend().ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

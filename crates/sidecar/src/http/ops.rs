@@ -15,7 +15,7 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: models loaded and calibrated, and not shutting down.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if !state.is_accepting() {
+    if !state.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if state.pipeline.backend().ready() {
         (StatusCode::OK, "ready")

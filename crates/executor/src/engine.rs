@@ -1,0 +1,266 @@
+//! [`Engine`], the executor's public face: start it from the sidecar config, send it images, read
+//! its telemetry, reconfigure it live, shut it down. Cloning an engine gives another handle to the
+//! same engine; dropping the last handle begins shutdown.
+
+use crate::batcher::{Refused, Request};
+use crate::circuit;
+use crate::config::{DeviceChoice, EngineOptions, LiveSettings};
+use crate::cuda::ComputeDevice;
+use crate::error::{EngineError, InferError};
+use crate::nvml::{DeviceProbe, NvmlProbe};
+use crate::precision;
+use crate::state::{ModelEntry, Shared};
+use crate::{startup, telemetry};
+use gpupool_api::sidecar::SidecarConfig;
+use gpupool_api::telemetry::{ModelState, TelemetryReport};
+use gpupool_api::Precision;
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The GPU engine: models, slots, batchers, memory admission and telemetry of one process.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    core: Arc<Core>,
+}
+
+/// Owned by all handles together; its drop begins shutdown.
+struct Core {
+    shared: Arc<Shared>,
+    threads_done: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        begin_shutdown(&self.shared);
+    }
+}
+
+fn begin_shutdown(shared: &Shared) {
+    if shared.shutting_down.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    for m in &shared.models {
+        m.queue.close();
+    }
+    shared.stop_sampler.stop();
+    shared.thread_token.lock().take();
+}
+
+fn resolve_device(choice: DeviceChoice) -> Result<ComputeDevice, EngineError> {
+    match choice {
+        DeviceChoice::Auto => Ok(ComputeDevice::detect()),
+        DeviceChoice::Cpu => Ok(ComputeDevice::Cpu),
+        DeviceChoice::Cuda(i) if i < ComputeDevice::cuda_device_count() => Ok(ComputeDevice::Cuda(i)),
+        DeviceChoice::Cuda(i) => Err(EngineError::Device {
+            device: format!("cuda:{i}"),
+            message: format!("libtorch sees {} CUDA devices", ComputeDevice::cuda_device_count()),
+        }),
+    }
+}
+
+impl Engine {
+    /// Starts the engine: checks the config, picks the device, caps the allocator at the memory
+    /// budget, and starts calibration in the background. Returns at once; requests sent before
+    /// calibration finishes wait in their model's queue. See [`Engine::started`].
+    pub fn start(config: SidecarConfig, options: EngineOptions) -> Result<Self, EngineError> {
+        config.validate()?;
+        let device = resolve_device(options.device)?;
+        if let Err(e) = device.set_cudnn_benchmark(options.cudnn_benchmark) {
+            tracing::warn!(error = %e, "could not set cuDNN benchmark mode");
+        }
+        let fraction = device
+            .cap_memory(config.memory_budget_bytes)
+            .map_err(|e| EngineError::Device { device: device.to_string(), message: e.to_string() })?;
+        let probe: Option<Arc<dyn DeviceProbe>> = options.probe.clone().or_else(|| match device {
+            ComputeDevice::Cuda(i) => NvmlProbe::open(i).map(|p| Arc::new(p) as Arc<dyn DeviceProbe>),
+            ComputeDevice::Cpu => None,
+        });
+        tracing::info!(%device, budget = config.memory_budget_bytes, ?fraction, nvml = probe.is_some(), "starting engine");
+        let queue_capacity = config.admission.max_queue_per_model as usize;
+        let models = config
+            .models
+            .iter()
+            .map(|m| Arc::new(ModelEntry::new(m, queue_capacity, options.latency_window)))
+            .collect();
+        let (token, threads_done) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            device,
+            models,
+            ledger: crate::admission::Ledger::new(config.memory_budget_bytes),
+            residency: Mutex::new(crate::residency::Lru::new()),
+            gate: crate::gate::Gate::new(config.streams as usize),
+            circuit: circuit::Circuit::new(config.admission.reject_above),
+            config: RwLock::new(config),
+            shutting_down: AtomicBool::new(false),
+            startup_done: AtomicBool::new(false),
+            started: watch::channel(false).0,
+            stop_sampler: circuit::StopSignal::default(),
+            thread_token: Mutex::new(Some(token)),
+            peak_reserved_seen: AtomicU64::new(0),
+            options,
+        });
+        let core = Arc::new(Core { shared: Arc::clone(&shared), threads_done: tokio::sync::Mutex::new(Some(threads_done)) });
+        if let Some(probe) = probe {
+            shared.circuit.observe(probe.sample());
+            let s = Arc::clone(&shared);
+            shared.spawn("gpupool-sampler".into(), move || {
+                circuit::sample_until_stopped(&s.circuit, &probe, s.options.sample_interval, &s.stop_sampler)
+            })?;
+        }
+        let s = Arc::clone(&shared);
+        shared.spawn("gpupool-startup".into(), move || startup::run(s))?;
+        Ok(Self { shared, core })
+    }
+
+    /// Runs one pre-processed image (float32 CHW, 3 × H × W at the model's input size) through
+    /// `model` and returns its H × W logits. Waits in the model's queue for a batch; refused at
+    /// once when the queue is full, the circuit is open, the model failed, or the engine stops.
+    pub async fn infer(&self, model: &str, image: Vec<f32>) -> Result<Vec<f32>, InferError> {
+        let answer = self.submit(model, image)?;
+        answer.await.unwrap_or(Err(InferError::ShuttingDown))
+    }
+
+    fn submit(&self, model: &str, image: Vec<f32>) -> Result<oneshot::Receiver<Result<Vec<f32>, InferError>>, InferError> {
+        let s = &self.shared;
+        if s.is_shutting_down() {
+            return Err(InferError::ShuttingDown);
+        }
+        let entry = s.model(model).ok_or_else(|| InferError::UnknownModel(model.to_owned()))?;
+        if image.len() != entry.image_len() {
+            return Err(InferError::InvalidInput { model: model.to_owned(), expected: entry.image_len(), got: image.len() });
+        }
+        let not_ready = |reason: Option<String>| InferError::ModelNotReady {
+            model: model.to_owned(),
+            reason: reason.unwrap_or_else(|| "failed".to_owned()),
+        };
+        if let (ModelState::Failed, reason) = entry.state() {
+            return Err(not_ready(reason));
+        }
+        if let Err(e) = s.circuit.check(s.options.retry_after) {
+            entry.stats.reject();
+            return Err(e);
+        }
+        let (reply, answer) = oneshot::channel();
+        match entry.queue.push(Request { image, reply, enqueued: Instant::now() }) {
+            Ok(()) => Ok(answer),
+            Err((_, Refused::Full(depth))) => {
+                entry.stats.reject();
+                Err(InferError::QueueFull { model: model.to_owned(), depth })
+            }
+            Err((_, Refused::Closed)) if s.is_shutting_down() => Err(InferError::ShuttingDown),
+            Err((_, Refused::Closed)) => Err(not_ready(entry.state().1)),
+        }
+    }
+
+    /// The telemetry document: device, allocator, ledger and per-model counters and profiles.
+    pub fn telemetry(&self) -> TelemetryReport {
+        telemetry::report(&self.shared)
+    }
+
+    /// Whether start-up has finished and every model is calibrated and serving (readiness probe).
+    pub fn ready(&self) -> bool {
+        telemetry::engine_is_ready(&self.shared)
+    }
+
+    /// Whether `model` can serve requests now (unknown models are not ready).
+    pub fn model_ready(&self, model: &str) -> bool {
+        self.shared.model(model).is_some_and(|m| telemetry::model_is_ready(&self.shared, m))
+    }
+
+    /// Resolves when start-up calibration has finished, whether or not every model loaded.
+    pub async fn started(&self) {
+        let mut rx = self.shared.started.subscribe();
+        let _ = rx.wait_for(|started| *started).await;
+    }
+
+    /// The device the engine runs on.
+    pub fn device(&self) -> ComputeDevice {
+        self.shared.device
+    }
+
+    /// The config the engine runs now.
+    pub fn config(&self) -> SidecarConfig {
+        self.shared.config.read().clone()
+    }
+
+    /// Applies a new config without dropping requests: batch caps, delays, slots, precisions,
+    /// residency, streams and thresholds change in place (queued and running requests complete).
+    /// Refused with [`EngineError::RestartRequired`] when it changes the models, their files or
+    /// input geometry, or the memory budget.
+    pub fn apply(&self, next: SidecarConfig) -> Result<(), EngineError> {
+        next.validate()?;
+        let s = &self.shared;
+        if s.is_shutting_down() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut current = s.config.write();
+        if !current.can_apply_live(&next) {
+            return Err(EngineError::RestartRequired { generation: next.generation, what: restart_fields(&current, &next) });
+        }
+        for (entry, m) in s.models.iter().zip(&next.models) {
+            if m.precision != Precision::Auto {
+                let facts = entry.runtime.lock().facts.clone();
+                precision::mode_for(m.precision, facts.precision, m.source.format).map_err(|reason| {
+                    EngineError::Unsupported { model: m.name.clone(), reason }
+                })?;
+            }
+        }
+        s.circuit.set_threshold(next.admission.reject_above);
+        s.gate.set_limit(next.streams as usize);
+        for (entry, m) in s.models.iter().zip(&next.models) {
+            *entry.settings.write() = LiveSettings::from_config(m);
+            entry.refresh_cached_settings();
+            entry.queue.set_capacity(next.admission.max_queue_per_model as usize);
+            s.residency.lock().set_pinned(&entry.name, m.resident);
+            if entry.serving.load(Ordering::SeqCst) {
+                startup::start_slots(s, entry, None)?;
+            }
+            entry.queue.wake_all();
+        }
+        tracing::info!(from = current.generation, to = next.generation, "applied config live");
+        *current = next;
+        Ok(())
+    }
+
+    /// Stops taking requests, lets every queued and running request finish, and waits for the
+    /// engine's threads to exit. Requests of models that never started are answered ShuttingDown.
+    pub async fn shutdown(&self) {
+        begin_shutdown(&self.shared);
+        let mut done = self.core.threads_done.lock().await;
+        if let Some(rx) = done.as_mut() {
+            while rx.recv().await.is_some() {}
+        }
+        *done = None;
+        for m in &self.shared.models {
+            for r in m.queue.take_all() {
+                let _ = r.reply.send(Err(InferError::ShuttingDown));
+            }
+        }
+    }
+}
+
+/// Names the restart-only fields that differ between two configs.
+fn restart_fields(a: &SidecarConfig, b: &SidecarConfig) -> String {
+    let mut what = Vec::new();
+    if a.memory_budget_bytes != b.memory_budget_bytes {
+        what.push("memoryBudgetBytes".to_owned());
+    }
+    let names = |c: &SidecarConfig| c.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    if names(a) != names(b) {
+        what.push("the set or order of models".to_owned());
+    } else {
+        for (x, y) in a.models.iter().zip(&b.models) {
+            if x.source != y.source {
+                what.push(format!("models[{}].source", x.name));
+            }
+            if x.input != y.input {
+                what.push(format!("models[{}].input", x.name));
+            }
+        }
+    }
+    what.join(", ")
+}

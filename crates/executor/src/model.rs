@@ -1,0 +1,192 @@
+//! A model loaded onto the device at one precision, ready to run a batch: a TorchScript module
+//! (tch `CModule`) or an AOTInductor package (through the shim). Also reads what an exported file
+//! says about itself (precision, input size) without loading it.
+
+use crate::cuda::{self, AotiPackage, AutocastGuard, ComputeDevice};
+use crate::oom::ForwardFailure;
+use crate::precision::{self, PrecisionMode};
+use gpupool_api::{ModelFormat, Precision};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use tch::{CModule, Kind, Tensor};
+
+/// What an exported file records about itself (`gpupool.json` / package metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FileFacts {
+    /// Precision the file was exported at.
+    pub precision: Option<Precision>,
+    /// Input side (height = width) it was exported for.
+    pub size: Option<u32>,
+    /// Largest batch the file accepts (AOTInductor packages with a dynamic batch dimension).
+    pub max_batch: Option<usize>,
+}
+
+impl FileFacts {
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            precision: get("precision").as_deref().and_then(precision::parse),
+            size: get("size").and_then(|s| s.trim().parse().ok()),
+            max_batch: get("max_batch").and_then(|s| s.trim().parse().ok()),
+        }
+    }
+}
+
+/// Checks that a model file exists and reads its self-description (TorchScript: the
+/// `gpupool.json` extra file, if any; AOTInductor packages are described after loading).
+pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("model file {path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("model file {path} is not a regular file"));
+    }
+    if format == ModelFormat::Aotinductor {
+        return Ok(FileFacts::default());
+    }
+    let json = match cuda::torchscript_extra_file(path, "gpupool.json") {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(FileFacts::default()),
+        Err(e) => return Err(format!("model file {path} is not a readable TorchScript archive: {e}")),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
+    Ok(FileFacts::from_lookup(|key| {
+        value.get(key).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }))
+}
+
+enum Runner {
+    Script { module: CModule, mode: PrecisionMode },
+    Package(AotiPackage),
+}
+
+/// A model on the device, at one precision.
+pub(crate) struct LoadedModel {
+    /// The precision it runs at.
+    pub precision: Precision,
+    /// Bytes its weights take on the device.
+    pub weights_bytes: u64,
+    /// Largest batch the file accepts, when it says.
+    pub max_batch: Option<usize>,
+    runner: Runner,
+    device: ComputeDevice,
+}
+
+fn tch_call<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| format!("libtorch failed while {what}"))
+}
+
+impl LoadedModel {
+    /// Loads `path` onto `device` to run at the concrete `precision`. `facts` is what [`inspect`]
+    /// read; `runners` is how many slots may run it at once (AOTInductor model instances).
+    pub fn load(
+        path: &str,
+        format: ModelFormat,
+        device: ComputeDevice,
+        precision: Precision,
+        facts: &FileFacts,
+        runners: usize,
+    ) -> Result<Self, String> {
+        match format {
+            ModelFormat::Torchscript => Self::load_script(path, device, precision, facts),
+            ModelFormat::Aotinductor => Self::load_package(path, device, precision, runners),
+        }
+    }
+
+    fn load_script(path: &str, device: ComputeDevice, precision: Precision, facts: &FileFacts) -> Result<Self, String> {
+        let mode = precision::mode_for(precision, facts.precision, ModelFormat::Torchscript)?;
+        let mut module = CModule::load_on_device(Path::new(path), device.tch())
+            .map_err(|e| format!("cannot load TorchScript model {path}: {e}"))?;
+        module.f_set_eval().map_err(|e| format!("cannot load TorchScript model {path}: {e}"))?;
+        if let PrecisionMode::CastWeights(kind) = mode {
+            tch_call("casting the weights", || module.to(device.tch(), kind, false))?;
+        }
+        let weights_bytes = module
+            .named_parameters()
+            .map_err(|e| format!("cannot read the parameters of {path}: {e}"))?
+            .iter()
+            .map(|(_, t)| {
+                let elt = t.f_kind().map(Kind::elt_size_in_bytes).unwrap_or(4);
+                (t.numel() * elt) as u64
+            })
+            .sum();
+        Ok(Self {
+            precision,
+            weights_bytes,
+            max_batch: facts.max_batch,
+            runner: Runner::Script { module, mode },
+            device,
+        })
+    }
+
+    fn load_package(path: &str, device: ComputeDevice, precision: Precision, runners: usize) -> Result<Self, String> {
+        let cuda_device = match device {
+            ComputeDevice::Cpu => None,
+            ComputeDevice::Cuda(i) => Some(i),
+        };
+        let package = AotiPackage::load(path, cuda_device, runners)
+            .map_err(|e| format!("cannot load AOTInductor package {path}: {e}"))?;
+        let facts = FileFacts::from_lookup(|key| package.metadata(key).ok().flatten());
+        precision::mode_for(precision, facts.precision, ModelFormat::Aotinductor)?;
+        let weights_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            precision: facts.precision.unwrap_or(precision),
+            weights_bytes,
+            max_batch: facts.max_batch,
+            runner: Runner::Package(package),
+            device,
+        })
+    }
+
+    /// Whether this is an AOTInductor package (fixed precision and batch range).
+    pub fn is_package(&self) -> bool {
+        matches!(self.runner, Runner::Package(_))
+    }
+
+    /// Runs one batch: `input` is float32 NCHW on the device; returns float32 logits on the device.
+    /// Work is queued on the calling thread's current stream (`stream` is its raw handle).
+    pub fn forward(&self, input: &Tensor, stream: usize) -> Result<Tensor, ForwardFailure> {
+        let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
+        let out = tch::no_grad(|| match &self.runner {
+            Runner::Script { module, mode: PrecisionMode::Native } => module.forward_ts(&[input]).map_err(torch),
+            Runner::Script { module, mode: PrecisionMode::CastWeights(kind) } => {
+                let x = input.f_to_kind(*kind).map_err(torch)?;
+                module.forward_ts(&[x]).map_err(torch)
+            }
+            Runner::Script { module, mode: PrecisionMode::Autocast(kind) } => {
+                let _autocast = AutocastGuard::enter(self.device.tch(), *kind)
+                    .map_err(|e| ForwardFailure::Other(e.to_string()))?;
+                module.forward_ts(&[input]).map_err(torch)
+            }
+            Runner::Package(package) => {
+                package.run(input, stream).map_err(|e| ForwardFailure::classify(e.to_string()))
+            }
+        })?;
+        if out.f_kind().map_err(torch)? == Kind::Float {
+            Ok(out)
+        } else {
+            out.f_to_kind(Kind::Float).map_err(torch)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_parse_strings_and_numbers() {
+        let f = FileFacts::from_lookup(|k| match k {
+            "precision" => Some("fp16".into()),
+            "size" => Some("64".into()),
+            _ => None,
+        });
+        assert_eq!(f, FileFacts { precision: Some(Precision::Fp16), size: Some(64), max_batch: None });
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = inspect("/nonexistent/model.pt", ModelFormat::Torchscript).unwrap_err();
+        assert!(err.contains("/nonexistent/model.pt"), "{err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! One execution slot: an OS thread that owns a CUDA stream (made current on it once) and its
+//! staging buffers, and loops: wait for a batch of its model, pass the streams gate, make sure the
+//! model is loaded, admit the batch's memory in the ledger (a smaller batch if the whole one does
+//! not fit), run it with out-of-memory splitting, answer every request.
+
+use crate::batcher::{Next, Request};
+use crate::error::InferError;
+use crate::loader::{self, InUse, LoadFailure};
+use crate::oom::{self, ForwardFailure};
+use crate::staging::Stager;
+use crate::state::{ModelEntry, Shared};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Signals start-up that a slot has warmed up (first calls on a new thread create cuDNN handles).
+pub(crate) type WarmupDone = Box<dyn FnOnce() + Send>;
+
+/// The slot thread's body.
+pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<WarmupDone>) {
+    let stream = match shared.device.acquire_stream() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(model = %entry.name, error = %e, "no stream from the pool; using the default stream");
+            0
+        }
+    };
+    let mut stager = Stager::new(shared.device, stream, entry.height, entry.width);
+    warm_up(&shared, &entry, &mut stager);
+    if let Some(done) = warmed {
+        done();
+    }
+    loop {
+        match entry.queue.wait_batch(|| (entry.batch_cap(), entry.max_queue_delay())) {
+            Next::Exit => break,
+            Next::Batch => {
+                let _pass = shared.gate.enter();
+                serve_batch(&shared, &entry, &mut stager);
+            }
+        }
+    }
+    tracing::debug!(model = %entry.name, "slot exits");
+}
+
+/// Runs one image through the loaded model on this thread's stream, if the model is loaded.
+fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
+    let in_use = {
+        let rt = entry.runtime.lock();
+        rt.loaded.is_some()
+    };
+    if !in_use {
+        return;
+    }
+    if let Ok(model) = loader::ensure_loaded(shared, entry) {
+        let result = stager.stage_synthetic(1).and_then(|()| stager.run(&model.resident.model, 0..1));
+        if let Err(e) = result {
+            tracing::warn!(model = %entry.name, error = e.message(), "slot warm-up failed");
+        }
+    }
+}
+
+fn fail_all(entry: &ModelEntry, requests: Vec<Request>, error: &InferError) {
+    entry.stats.failed_total.fetch_add(requests.len() as u64, Ordering::Relaxed);
+    for r in requests {
+        let _ = r.reply.send(Err(error.clone()));
+    }
+}
+
+/// Loads the model and admits as large a batch as memory allows, waiting (or failing the
+/// requests) when even one image does not fit.
+fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<(InUse<'a>, crate::admission::Reservation, Vec<Request>)> {
+    let deadline = Instant::now() + shared.options.memory_wait;
+    loop {
+        let in_use = match loader::ensure_loaded(shared, entry) {
+            Ok(m) => m,
+            Err(failure) => {
+                let error = InferError::ModelNotReady { model: entry.name.clone(), reason: failure.reason().to_owned() };
+                let requests = match failure {
+                    LoadFailure::Permanent(_) => entry.queue.take_all(),
+                    LoadFailure::Transient(_) => entry.queue.take(entry.batch_cap()),
+                };
+                fail_all(entry, requests, &error);
+                return None;
+            }
+        };
+        let max_n = entry.queue.depth().min(entry.batch_cap());
+        if max_n == 0 {
+            return None;
+        }
+        let costs = entry.batch_costs(in_use.resident.model.precision, max_n, &shared.options);
+        let cost = |n: usize| costs.get(n.saturating_sub(1)).copied().unwrap_or(u64::MAX);
+        if let Some((n, mut reservation)) = shared.ledger.reserve_largest(max_n, cost) {
+            let requests = entry.queue.take(n);
+            if requests.is_empty() {
+                return None;
+            }
+            if requests.len() < n {
+                reservation.resize(cost(requests.len()));
+            }
+            return Some((in_use, reservation, requests));
+        }
+        drop(in_use);
+        if loader::make_room(shared, cost(1), &entry.name) {
+            continue;
+        }
+        if Instant::now() >= deadline {
+            let reason = format!(
+                "no memory for a batch of 1 ({} bytes) within {:?}: {} of {} budget bytes are reserved",
+                cost(1),
+                shared.options.memory_wait,
+                shared.ledger.used(),
+                shared.ledger.budget()
+            );
+            let error = InferError::ModelNotReady { model: entry.name.clone(), reason };
+            fail_all(entry, entry.queue.take(entry.batch_cap()), &error);
+            return None;
+        }
+        shared.ledger.wait_for_release(Duration::from_millis(50));
+    }
+}
+
+fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
+    let Some((in_use, _reservation, requests)) = admit(shared, entry) else { return };
+    let model = &in_use.resident.model;
+    let n = requests.len();
+    entry.stats.in_flight.fetch_add(n as u64, Ordering::Relaxed);
+    let staged = stager
+        .reserve(entry.batch_cap().max(n))
+        .and_then(|()| requests.iter().enumerate().try_for_each(|(i, r)| stager.stage(i, &r.image)));
+    let outcome = match staged {
+        Ok(()) => oom::run_split(n, |range| stager.run(model, range), || shared.device.empty_cache()),
+        Err(e) => oom::SplitOutcome { failed: vec![(0..n, e)], ..Default::default() },
+    };
+    if outcome.oom_events > 0 {
+        entry.stats.oom_events_total.fetch_add(u64::from(outcome.oom_events), Ordering::Relaxed);
+        if let Some(at) = outcome.smallest_oom {
+            entry.lower_cap_after_oom(at);
+        }
+        tracing::warn!(model = %entry.name, batch = n, events = outcome.oom_events, cap = entry.batch_cap(), "CUDA out of memory; split the batch and lowered the cap");
+    }
+    let failure_of = |i: usize| outcome.failed.iter().find(|(r, _)| r.contains(&i)).map(|(_, f)| f);
+    let mut latencies = Vec::with_capacity(n);
+    let mut answers = Vec::with_capacity(n);
+    for (i, request) in requests.into_iter().enumerate() {
+        let answer = match failure_of(i) {
+            Some(f) => Err(f.clone()),
+            None => stager.read(i),
+        };
+        let answer = answer.map_err(|f: ForwardFailure| InferError::Inference {
+            model: entry.name.clone(),
+            message: f.message().to_owned(),
+        });
+        if answer.is_ok() {
+            latencies.push(request.enqueued.elapsed());
+        }
+        answers.push((request.reply, answer));
+    }
+    // Counters first, so a caller that reads telemetry right after its answer sees itself counted.
+    let failed = (n - latencies.len()) as u64;
+    if failed > 0 {
+        tracing::warn!(model = %entry.name, failed, "batch requests failed");
+    }
+    entry.stats.failed_total.fetch_add(failed, Ordering::Relaxed);
+    entry.stats.record_answers(latencies);
+    entry.stats.batches_total.fetch_add(1, Ordering::Relaxed);
+    entry.stats.in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+    for (reply, answer) in answers {
+        let _ = reply.send(answer);
+    }
+}

@@ -1,0 +1,188 @@
+//! Start-up, on its own thread so the process can answer health checks meanwhile: calibrate every
+//! model in turn (nothing else runs, so allocator peaks are the model's own), then start every
+//! model's slot threads, wait for them to warm up, and declare the engine started. A model that
+//! cannot load becomes Failed with the reason; the others go on.
+
+use crate::calibration::{self, batch_sizes, predict_next};
+use crate::error::{EngineError, InferError};
+use crate::loader::{self, LoadFailure};
+use crate::model;
+use crate::oom::ForwardFailure;
+use crate::precision;
+use crate::slot;
+use crate::staging::Stager;
+use crate::state::{with_headroom, ModelEntry, Resident, Shared};
+use gpupool_api::telemetry::{ModelState, ProfilePoint};
+use gpupool_api::Precision;
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long start-up waits for slots to warm up before declaring itself done anyway.
+const WARMUP_WAIT: Duration = Duration::from_secs(120);
+
+/// The start-up thread's body.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let stream = shared.device.acquire_stream().unwrap_or(0);
+    for entry in &shared.models {
+        if shared.is_shutting_down() {
+            break;
+        }
+        let started = Instant::now();
+        match calibrate(&shared, entry, stream) {
+            Ok(()) => tracing::info!(model = %entry.name, precision = %entry.target_precision(), elapsed = ?started.elapsed(), "model calibrated"),
+            Err(reason) => fail_model(entry, reason),
+        }
+    }
+    let latch = Arc::new((Mutex::new(0usize), Condvar::new()));
+    for entry in &shared.models {
+        if entry.state().0 != ModelState::Failed && !shared.is_shutting_down() {
+            if let Err(e) = start_slots(&shared, entry, Some(&latch)) {
+                tracing::error!(model = %entry.name, error = %e, "could not start slots");
+            }
+        }
+    }
+    let (pending, cv) = &*latch;
+    let deadline = Instant::now() + WARMUP_WAIT;
+    let mut n = pending.lock();
+    while *n > 0 && Instant::now() < deadline {
+        let _ = cv.wait_for(&mut n, Duration::from_millis(100));
+    }
+    drop(n);
+    shared.startup_done.store(true, Ordering::SeqCst);
+    shared.started.send_replace(true);
+    tracing::info!(device = %shared.device, "engine started");
+}
+
+fn fail_model(entry: &ModelEntry, reason: String) {
+    tracing::error!(model = %entry.name, %reason, "model failed");
+    entry.set_state(ModelState::Failed, Some(reason.clone()));
+    entry.queue.close(); // no slot will ever serve it: refuse new requests, answer queued ones
+    let error = InferError::ModelNotReady { model: entry.name.clone(), reason };
+    for r in entry.queue.take_all() {
+        let _ = r.reply.send(Err(error.clone()));
+    }
+}
+
+/// Starts slot threads up to the model's configured count (extra ones retire themselves).
+pub(crate) fn start_slots(
+    shared: &Arc<Shared>,
+    entry: &Arc<ModelEntry>,
+    latch: Option<&Arc<(Mutex<usize>, Condvar)>>,
+) -> Result<(), EngineError> {
+    let target = entry.settings.read().slots;
+    let spawn = entry.queue.set_target_slots(target);
+    entry.serving.store(true, Ordering::SeqCst);
+    for i in 0..spawn {
+        let warmed: Option<slot::WarmupDone> = latch.map(|l| {
+            *l.0.lock() += 1;
+            let l = Arc::clone(l);
+            Box::new(move || {
+                *l.0.lock() -= 1;
+                l.1.notify_all();
+            }) as slot::WarmupDone
+        });
+        let (s, e) = (Arc::clone(shared), Arc::clone(entry));
+        let name = format!("gpupool-{}-{i}", entry.name);
+        if let Err(err) = shared.spawn(name, move || slot::run(s, e, warmed)) {
+            entry.queue.slot_failed_to_start();
+            if let Some(l) = latch {
+                *l.0.lock() -= 1;
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Loads and measures one model at each precision candidate, keeps the best loaded.
+fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), String> {
+    let path = crate::config::local_path(&entry.source.uri).to_owned();
+    let facts = model::inspect(&path, entry.source.format)?;
+    if let Some(size) = facts.size {
+        if (entry.height, entry.width) != (size as usize, size as usize) {
+            tracing::warn!(model = %entry.name, file_size = size, height = entry.height, width = entry.width, "file was exported for another input size");
+        }
+    }
+    entry.runtime.lock().facts = facts.clone();
+    entry.refresh_cached_settings();
+    let requested = entry.settings.read().precision;
+    let candidates = precision::candidates(requested, facts.precision, entry.source.format, shared.device.is_cuda());
+    let mut stager = Stager::new(shared.device, stream, entry.height, entry.width);
+    let mut points: Vec<ProfilePoint> = Vec::new();
+    let mut kept: Option<Arc<Resident>> = None;
+    let mut errors = Vec::new();
+    for p in candidates {
+        drop(kept.take());
+        let resident = match loader::load_resident(shared, entry, p) {
+            Ok(r) => r,
+            Err(LoadFailure::Permanent(reason)) | Err(LoadFailure::Transient(reason)) => {
+                errors.push(format!("{p}: {reason}"));
+                continue;
+            }
+        };
+        match measure_sizes(shared, entry, &mut stager, &resident) {
+            Ok(measured) => {
+                points.extend(measured);
+                kept = Some(resident);
+            }
+            Err(reason) => errors.push(format!("{p}: {reason}")),
+        }
+        shared.device.empty_cache();
+    }
+    let weights = entry.runtime.lock().weights.clone();
+    let Some(best) = calibration::choose(&points, &weights, shared.ledger.budget(), shared.options.peak_headroom) else {
+        return Err(if errors.is_empty() {
+            "no precision fits a batch of 1 in the memory budget".to_owned()
+        } else {
+            errors.join("; ")
+        });
+    };
+    for e in &errors {
+        tracing::warn!(model = %entry.name, candidate = %e, "precision candidate skipped");
+    }
+    {
+        let mut rt = entry.runtime.lock();
+        rt.profile = points;
+        rt.chosen = (requested == Precision::Auto).then_some(best);
+    }
+    let resident = match kept {
+        Some(r) if r.model.precision == best => r,
+        other => {
+            drop(other);
+            loader::load_resident(shared, entry, best).map_err(|f| f.reason().to_owned())?
+        }
+    };
+    loader::install(shared, entry, resident);
+    Ok(())
+}
+
+/// Measures batch sizes 1, 2, 4, … up to the cap while they fit in the budget.
+fn measure_sizes(shared: &Shared, entry: &ModelEntry, stager: &mut Stager, resident: &Resident) -> Result<Vec<ProfilePoint>, String> {
+    let model = &resident.model;
+    let cap = entry.settings.read().max_batch.min(model.max_batch.unwrap_or(usize::MAX));
+    let mut measured: Vec<ProfilePoint> = Vec::new();
+    for n in batch_sizes(cap) {
+        let estimate = entry.estimated_peak(n, &shared.options);
+        let predicted = with_headroom(predict_next(&measured, n, estimate), shared.options.peak_headroom);
+        let Some(_room) = shared.ledger.try_reserve(predicted) else {
+            tracing::info!(model = %entry.name, batch = n, predicted, "calibration stops: the next batch size would not fit the budget");
+            break;
+        };
+        shared.peak_reserved(); // remember the high-water mark before measure() resets it
+        match calibration::measure(stager, model, shared.device, n, shared.options.calibration, estimate) {
+            Ok(point) => measured.push(point),
+            Err(ForwardFailure::OutOfMemory(m)) => {
+                tracing::info!(model = %entry.name, batch = n, error = %m, "calibration stops at out of memory");
+                shared.device.empty_cache();
+                break;
+            }
+            Err(ForwardFailure::Other(m)) => return Err(format!("batch of {n} failed: {m}")),
+        }
+    }
+    if measured.is_empty() {
+        return Err("a batch of 1 does not fit in the memory budget".to_owned());
+    }
+    Ok(measured)
+}

@@ -1,0 +1,87 @@
+//! `gpupool-sidecar`: wiring only. Tracing, then settings and the config document parsed and
+//! checked before any port is bound (a bad config exits with status 2), then the engine, then the
+//! HTTP server, the config watcher and graceful shutdown.
+
+use clap::Parser;
+use gpupool_sidecar::engine_backend::EngineBackend;
+use gpupool_sidecar::http::{router, AppState};
+use gpupool_sidecar::metrics::Metrics;
+use gpupool_sidecar::pipeline::Pipeline;
+use gpupool_sidecar::reload::{load_config, watch_config};
+use gpupool_sidecar::settings::Settings;
+use gpupool_sidecar::shutdown::begin_shutdown;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let settings = Settings::parse();
+    init_tracing(settings.log_json);
+    let config = match load_config(&settings.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gpupool-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gpupool-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sidecar stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    settings: Settings,
+    config: gpupool_api::sidecar::SidecarConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    let backend = Arc::new(EngineBackend::start(config.clone(), &settings)?);
+    tracing::info!(listen = %settings.listen, device = %backend.device(), pool = %config.pool, "serving");
+    let state = AppState::new(
+        Pipeline::new(backend.clone(), settings.decode_limits()),
+        Arc::new(Metrics::new()),
+        settings.http_limits(),
+    );
+    let cancel = CancellationToken::new();
+    let watcher = tokio::spawn(watch_config(
+        settings.config.clone(),
+        config,
+        backend.clone(),
+        settings.reload_interval(),
+        cancel.clone(),
+    ));
+    let settle = Duration::from_millis(settings.shutdown_settle_ms);
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(begin_shutdown(state, settle))
+        .await?;
+    cancel.cancel();
+    let _ = watcher.await;
+    // In-flight HTTP requests are done; let the engine finish what it still holds, within bounds.
+    if tokio::time::timeout(settings.drain_timeout(), backend.shutdown()).await.is_err() {
+        tracing::warn!("engine did not drain within the deadline");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
