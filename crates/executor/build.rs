@@ -64,7 +64,10 @@ fn python_torch() -> Result<Torch, Box<dyn Error>> {
     let root = PathBuf::from(field("TORCH_ROOT:")?);
     let site = PathBuf::from(field("SITE_PACKAGES:")?);
     Ok(Torch {
-        includes: vec![root.join("include"), root.join("include/torch/csrc/api/include")],
+        includes: vec![
+            root.join("include"),
+            root.join("include/torch/csrc/api/include"),
+        ],
         lib_dir: root.join("lib"),
         cxx11_abi: field("TORCH_CXX11:")?,
         cuda_includes: cuda_includes_in(&site),
@@ -74,7 +77,10 @@ fn python_torch() -> Result<Torch, Box<dyn Error>> {
 fn libtorch_dir(dir: &str) -> Torch {
     let root = PathBuf::from(dir);
     Torch {
-        includes: vec![root.join("include"), root.join("include/torch/csrc/api/include")],
+        includes: vec![
+            root.join("include"),
+            root.join("include/torch/csrc/api/include"),
+        ],
         lib_dir: root.join("lib"),
         cxx11_abi: rerun_env("LIBTORCH_CXX11_ABI").unwrap_or_else(|| "1".to_owned()),
         cuda_includes: Vec::new(),
@@ -86,13 +92,22 @@ fn libtorch_dir(dir: &str) -> Torch {
 fn cuda_includes_in(site: &Path) -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
-        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("include")).collect();
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path().join("include"))
+            .collect();
         dirs.sort();
         candidates.extend(dirs);
     }
     candidates.push(site.join("triton/backends/nvidia/include"));
-    let runtime = candidates.iter().find(|d| d.join("cuda_runtime_api.h").is_file()).cloned();
-    let crt = candidates.iter().find(|d| d.join("crt/host_defines.h").is_file()).cloned();
+    let runtime = candidates
+        .iter()
+        .find(|d| d.join("cuda_runtime_api.h").is_file())
+        .cloned();
+    let crt = candidates
+        .iter()
+        .find(|d| d.join("crt/host_defines.h").is_file())
+        .cloned();
     match (runtime, crt) {
         (Some(r), Some(c)) if r == c => vec![r],
         (Some(r), Some(c)) => vec![r, c],
@@ -106,9 +121,11 @@ fn locate() -> Result<Torch, Box<dyn Error>> {
     } else if rerun_env("LIBTORCH_USE_PYTORCH").is_some() {
         python_torch()?
     } else {
-        return Err("libtorch not found: set LIBTORCH_USE_PYTORCH=1 with a torch==2.11.0 python first \
+        return Err(
+            "libtorch not found: set LIBTORCH_USE_PYTORCH=1 with a torch==2.11.0 python first \
                     on PATH (tests/setup/torch-venv.sh), or LIBTORCH to a libtorch directory"
-            .into());
+                .into(),
+        );
     };
     if let Some(list) = rerun_env("GPUPOOL_CUDA_INCLUDE") {
         torch.cuda_includes = env::split_paths(&list).collect();
@@ -117,11 +134,17 @@ fn locate() -> Result<Torch, Box<dyn Error>> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    for f in ["shim/shim.h", "shim/common.cpp", "shim/cuda.cpp", "shim/aoti.cpp"] {
+    for f in [
+        "shim/shim.h",
+        "shim/common.cpp",
+        "shim/cuda.cpp",
+        "shim/aoti.cpp",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     let torch = locate()?;
-    let with_cuda = !torch.cuda_includes.is_empty() && torch.lib_dir.join("libc10_cuda.so").is_file();
+    let with_cuda =
+        !torch.cuda_includes.is_empty() && torch.lib_dir.join("libc10_cuda.so").is_file();
 
     let mut build = cc::Build::new();
     build
@@ -134,7 +157,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .includes(&torch.includes)
         .files(["shim/common.cpp", "shim/cuda.cpp", "shim/aoti.cpp"]);
     if with_cuda {
-        build.define("GPUPOOL_WITH_CUDA", "1").includes(&torch.cuda_includes);
+        build
+            .define("GPUPOOL_WITH_CUDA", "1")
+            .includes(&torch.cuda_includes);
     } else {
         println!("cargo:warning=gpupool-executor: no CUDA headers or libc10_cuda found; the shim is built without CUDA");
     }

@@ -105,7 +105,8 @@ impl ControlPlane {
     /// Applies `crds/` and waits until the API server serves the InferencePool resource.
     pub fn install_crds(&self) -> Result<()> {
         let crds = crate::repo_root().join("crds");
-        self.kubectl().run_ok(&["apply", "-f", &crds.to_string_lossy()])?;
+        self.kubectl()
+            .run_ok(&["apply", "-f", &crds.to_string_lossy()])?;
         self.kubectl().run_ok(&[
             "wait",
             "--for=condition=Established",

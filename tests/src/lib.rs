@@ -29,9 +29,9 @@ pub fn venv_python() -> std::path::PathBuf {
     let venv = std::env::var_os("GPUPOOL_VENV")
         .map(std::path::PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/gpupool/venv"))
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/gpupool/venv"))
         })
         .unwrap_or_else(|| std::path::PathBuf::from(".venv"));
     venv.join("bin/python")
 }
-

@@ -91,7 +91,10 @@ async fn send(client: &reqwest::Client, target: &str, model: &str, spec: &LoadSp
 
 /// Runs the load and reports.
 pub async fn run(spec: LoadSpec) -> Result<LoadReport> {
-    anyhow::ensure!(!spec.targets.is_empty() && !spec.models.is_empty() && spec.clients > 0, "nothing to do");
+    anyhow::ensure!(
+        !spec.targets.is_empty() && !spec.models.is_empty() && spec.clients > 0,
+        "nothing to do"
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()

@@ -60,8 +60,21 @@ impl<'a> TinyModel<'a> {
         let out = Command::new(crate::venv_python())
             .arg(root.join("tests/models/export.py"))
             .args(["--model", self.name, "--precision", self.precision])
-            .args(["--size", &self.size.to_string(), "--width", &self.width.to_string()])
-            .args(["--format", "torchscript", "--device", "cpu", "--seed", "0", "--out"])
+            .args([
+                "--size",
+                &self.size.to_string(),
+                "--width",
+                &self.width.to_string(),
+            ])
+            .args([
+                "--format",
+                "torchscript",
+                "--device",
+                "cpu",
+                "--seed",
+                "0",
+                "--out",
+            ])
             .arg(&partial)
             .output()
             .context("running tests/models/export.py")?;

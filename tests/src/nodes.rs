@@ -5,14 +5,15 @@
 //! Nodes are cluster-wide while tests share one control plane: give each test its own product
 //! (e.g. the test's namespace) and let its pools select that product, so no test's pods land on
 //! another test's nodes. Nothing keeps these Nodes' heartbeats fresh; the local control plane
-//! runs no node-lifecycle controller, so they stay Ready.
+//! runs no node-lifecycle controller, so they stay Ready (and the `not-ready` taint the API
+//! server's admission puts on new Nodes is removed here, as that controller would).
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use std::collections::BTreeMap;
 
@@ -107,6 +108,20 @@ impl GpuNode {
                     .await?
             }
             Err(e) => return Err(e).with_context(|| format!("creating node {}", self.name)),
+        };
+        // The TaintNodesByCondition admission plugin taints every new Node not-ready; the node
+        // lifecycle controller that would lift it once Ready does not run here, so lift it.
+        let untainted = nodes
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
+            )
+            .await
+            .with_context(|| format!("removing the not-ready taint of node {}", self.name))?;
+        let created = Node {
+            status: untainted.status.or(created.status),
+            ..untainted
         };
         // Some servers drop status on create; make sure the capacity is there.
         if created

@@ -22,10 +22,23 @@ fn examples_are_accepted_and_listed_with_printer_columns() {
     assert!(out.success, "examples refused: {}", out.stderr);
 
     let table = kubectl.run_ok(&["-n", &ns, "get", "gpool"]).expect("get");
-    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "DESIRED", "MODELS", "VRAM-USED", "VRAM-BUDGET", "AGE"]
+        [
+            "NAME",
+            "READY",
+            "DESIRED",
+            "MODELS",
+            "VRAM-USED",
+            "VRAM-BUDGET",
+            "AGE"
+        ]
     );
     assert!(table.contains("spheroid"), "{table}");
     assert!(table.contains("unet-only"), "{table}");
@@ -42,12 +55,22 @@ fn kubectl_scale_changes_spec_replicas() {
     let ns = cp.namespace("crd-scale").expect("namespace");
     let kubectl = cp.kubectl();
     let pool = format!("{}/spheroid-pool.yaml", examples_dir());
-    kubectl.run_ok(&["-n", &ns, "apply", "-f", &pool]).expect("apply");
+    kubectl
+        .run_ok(&["-n", &ns, "apply", "-f", &pool])
+        .expect("apply");
     kubectl
         .run_ok(&["-n", &ns, "scale", "gpool", "spheroid", "--replicas=3"])
         .expect("scale");
     let replicas = kubectl
-        .run_ok(&["-n", &ns, "get", "gpool", "spheroid", "-o", "jsonpath={.spec.replicas}"])
+        .run_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "gpool",
+            "spheroid",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
         .expect("get");
     assert_eq!(replicas, "3");
 }
@@ -74,7 +97,8 @@ fn invalid_pools_are_refused_naming_the_field() {
         ),
         (
             "unknown-precision",
-            "  models:\n  - name: unet\n    precision: fp8\n    source: {uri: /models/unet.pt}\n".to_string(),
+            "  models:\n  - name: unet\n    precision: fp8\n    source: {uri: /models/unet.pt}\n"
+                .to_string(),
             "spec.models.precision",
         ),
         ("empty-models", "  models: []\n".to_string(), "spec.models"),
@@ -95,7 +119,8 @@ fn invalid_pools_are_refused_naming_the_field() {
         ),
         (
             "batch-too-large",
-            "  models:\n  - name: unet\n    maxBatch: 100000\n    source: {uri: /models/unet.pt}\n".to_string(),
+            "  models:\n  - name: unet\n    maxBatch: 100000\n    source: {uri: /models/unet.pt}\n"
+                .to_string(),
             "spec.models.maxBatch",
         ),
         (
@@ -110,7 +135,9 @@ fn invalid_pools_are_refused_naming_the_field() {
         ),
     ];
     for (name, body, field) in cases {
-        let out = kubectl.apply(&ns, &pool(name, &body)).expect("kubectl runs");
+        let out = kubectl
+            .apply(&ns, &pool(name, &body))
+            .expect("kubectl runs");
         assert!(!out.success, "{name}: invalid pool was accepted");
         assert!(
             out.stderr.contains(field),

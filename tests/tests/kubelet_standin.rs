@@ -59,7 +59,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -83,14 +86,24 @@ fn uid(pod: &Pod) -> String {
 }
 
 fn pod_ip(pod: &Pod) -> Ipv4Addr {
-    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).unwrap_or_default();
-    ip.parse().unwrap_or_else(|_| panic!("pod {} has no IPv4 podIP: {ip:?}", name(pod)))
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .unwrap_or_default();
+    ip.parse()
+        .unwrap_or_else(|_| panic!("pod {} has no IPv4 podIP: {ip:?}", name(pod)))
 }
 
 /// The pid behind `containerID: pid://<pid>`.
 fn pid(pod: &Pod) -> Option<u32> {
     let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
-    status.container_id.as_deref()?.strip_prefix("pid://")?.parse().ok()
+    status
+        .container_id
+        .as_deref()?
+        .strip_prefix("pid://")?
+        .parse()
+        .ok()
 }
 
 fn alive(pid: u32) -> bool {
@@ -99,7 +112,9 @@ fn alive(pid: u32) -> bool {
 
 async fn get(ip: Ipv4Addr, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from((ip, 8080));
-    let response = http_get(addr, path, &[], Duration::from_secs(2)).await.ok()?;
+    let response = http_get(addr, path, &[], Duration::from_secs(2))
+        .await
+        .ok()?;
     Some((response.status, response.body))
 }
 
@@ -174,13 +189,26 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
     let n = nodes.get(&node).await.expect("node registered");
     let labels = n.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("kubernetes.io/hostname"), Some(&node));
-    assert_eq!(labels.get("nvidia.com/gpu.product").map(String::as_str), Some("NVIDIA-H200"));
-    assert_eq!(labels.get("nvidia.com/gpu.memory").map(String::as_str), Some("143771"));
+    assert_eq!(
+        labels.get("nvidia.com/gpu.product").map(String::as_str),
+        Some("NVIDIA-H200")
+    );
+    assert_eq!(
+        labels.get("nvidia.com/gpu.memory").map(String::as_str),
+        Some("143771")
+    );
     let status = n.status.clone().unwrap_or_default();
     let capacity = status.capacity.clone().unwrap_or_default();
-    assert_eq!(capacity.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("2"));
+    assert_eq!(
+        capacity.get("nvidia.com/gpu").map(|q| q.0.as_str()),
+        Some("2")
+    );
     assert_eq!(capacity.get("memory").map(|q| q.0.as_str()), Some("128Gi"));
-    let ready = status.conditions.iter().flatten().find(|c| c.type_ == "Ready");
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready");
     assert_eq!(ready.map(|c| c.status.as_str()), Some("True"));
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     wait_for("the node lease", Duration::from_secs(10), || async {
@@ -191,27 +219,43 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
     })
     .await;
 
-    let out = cp.kubectl().apply(&ns, &deployment(&node)).expect("kubectl");
+    let out = cp
+        .kubectl()
+        .apply(&ns, &deployment(&node))
+        .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     // Two pods fit the two GPUs and come up Ready; the third stays Pending, unschedulable.
-    let (ready, pending) = wait_for("2 ready pods and 1 unschedulable", Duration::from_secs(60), || async {
-        let all = pods(&api, "app=standin").await;
-        let ready: Vec<Pod> = all.iter().filter(|p| running_and_ready(p)).cloned().collect();
-        let pending: Vec<Pod> = all
-            .iter()
-            .filter(|p| condition(p, "PodScheduled").is_some_and(|c| c.status == "False"))
-            .cloned()
-            .collect();
-        (ready.len() == 2 && pending.len() == 1 && all.len() == 3).then_some((ready, pending))
-    })
+    let (ready, pending) = wait_for(
+        "2 ready pods and 1 unschedulable",
+        Duration::from_secs(60),
+        || async {
+            let all = pods(&api, "app=standin").await;
+            let ready: Vec<Pod> = all
+                .iter()
+                .filter(|p| running_and_ready(p))
+                .cloned()
+                .collect();
+            let pending: Vec<Pod> = all
+                .iter()
+                .filter(|p| condition(p, "PodScheduled").is_some_and(|c| c.status == "False"))
+                .cloned()
+                .collect();
+            (ready.len() == 2 && pending.len() == 1 && all.len() == 3).then_some((ready, pending))
+        },
+    )
     .await;
-    let unschedulable = condition(&pending[0], "PodScheduled").cloned().unwrap_or_default();
+    let unschedulable = condition(&pending[0], "PodScheduled")
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(unschedulable.reason.as_deref(), Some("Unschedulable"));
     let message = unschedulable.message.unwrap_or_default();
     assert!(message.contains("Insufficient nvidia.com/gpu"), "{message}");
-    assert_eq!(pending[0].status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending"));
+    assert_eq!(
+        pending[0].status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
 
     let ips: Vec<Ipv4Addr> = ready.iter().map(pod_ip).collect();
     assert_ne!(ips[0], ips[1]);
@@ -222,10 +266,20 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
         assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
         assert!(status.start_time.is_some());
         let cs = &status.container_statuses.clone().unwrap_or_default()[0];
-        assert!(cs.ready && cs.started == Some(true) && cs.restart_count == 0, "{cs:?}");
-        assert!(cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some(), "{cs:?}");
+        assert!(
+            cs.ready && cs.started == Some(true) && cs.restart_count == 0,
+            "{cs:?}"
+        );
+        assert!(
+            cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some(),
+            "{cs:?}"
+        );
         for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
-            assert_eq!(condition(pod, kind).map(|c| c.status.as_str()), Some("True"), "{kind}");
+            assert_eq!(
+                condition(pod, kind).map(|c| c.status.as_str()),
+                Some("True"),
+                "{kind}"
+            );
         }
         let body = get_json(*ip).await;
         assert_eq!(body["env"]["POD_NAME"], name(pod));
@@ -233,10 +287,20 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
         assert_eq!(body["listen"], format!("{ip}:8080"));
         assert_eq!(body["config"], "generation: 1\n");
         let config_path = body["config_path"].as_str().unwrap_or_default().to_string();
-        let expected = kubelet.config().pod_dir(&uid(pod)).join("volumes/config/sidecar.yaml");
+        let expected = kubelet
+            .config()
+            .pod_dir(&uid(pod))
+            .join("volumes/config/sidecar.yaml");
         assert_eq!(PathBuf::from(&config_path), expected);
-        gpus.push(body["env"]["NVIDIA_VISIBLE_DEVICES"].as_str().unwrap_or_default().to_string());
-        let log = kubelet.config().log_path(&ns, &name(pod), &uid(pod), "server");
+        gpus.push(
+            body["env"]["NVIDIA_VISIBLE_DEVICES"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let log = kubelet
+            .config()
+            .log_path(&ns, &name(pod), &uid(pod), "server");
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(log.contains("standin: serving on"), "{log}");
     }
@@ -247,13 +311,22 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({"data": {"sidecar.yaml": "generation: 2\n"}});
     configmaps
-        .patch("standin-config", &PatchParams::default(), &Patch::Merge(patch))
+        .patch(
+            "standin-config",
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
         .await
         .expect("configmap patched");
-    let file = kubelet.config().pod_dir(&uid(&ready[0])).join("volumes/config/sidecar.yaml");
-    wait_for("the config file to change", Duration::from_secs(20), || async {
-        (std::fs::read_to_string(&file).ok()? == "generation: 2\n").then_some(())
-    })
+    let file = kubelet
+        .config()
+        .pod_dir(&uid(&ready[0]))
+        .join("volumes/config/sidecar.yaml");
+    wait_for(
+        "the config file to change",
+        Duration::from_secs(20),
+        || async { (std::fs::read_to_string(&file).ok()? == "generation: 2\n").then_some(()) },
+    )
     .await;
     assert_eq!(get_json(ips[0]).await["config"], "generation: 2\n");
 
@@ -261,18 +334,32 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
     let victim = ready[0].clone();
     let victim_pid = pid(&victim).expect("pid in containerID");
     assert!(alive(victim_pid));
-    api.delete(&name(&victim), &DeleteParams::default()).await.expect("delete");
+    api.delete(&name(&victim), &DeleteParams::default())
+        .await
+        .expect("delete");
     wait_for("the deleted pod to go", Duration::from_secs(30), || async {
-        api.get_opt(&name(&victim)).await.ok()?.is_none().then_some(())
+        api.get_opt(&name(&victim))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(!alive(victim_pid), "process {victim_pid} survived its pod");
     assert!(!kubelet.config().pod_dir(&uid(&victim)).exists());
-    let after = wait_for("a replacement to come up", Duration::from_secs(60), || async {
-        let all = pods(&api, "app=standin").await;
-        let ready: Vec<Pod> = all.iter().filter(|p| running_and_ready(p)).cloned().collect();
-        (ready.len() == 2 && all.len() == 3).then_some(ready)
-    })
+    let after = wait_for(
+        "a replacement to come up",
+        Duration::from_secs(60),
+        || async {
+            let all = pods(&api, "app=standin").await;
+            let ready: Vec<Pod> = all
+                .iter()
+                .filter(|p| running_and_ready(p))
+                .cloned()
+                .collect();
+            (ready.len() == 2 && all.len() == 3).then_some(ready)
+        },
+    )
     .await;
     assert!(after.iter().all(|p| name(p) != name(&victim)));
     for pod in &after {
@@ -282,7 +369,10 @@ async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_no
     // Shutdown stops the processes and leaves the node NotReady.
     let pids: Vec<u32> = after.iter().filter_map(pid).collect();
     kubelet.shutdown().await.expect("shutdown");
-    assert!(pids.iter().all(|p| !alive(*p)), "processes survived the shutdown");
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "processes survived the shutdown"
+    );
     let n = nodes.get(&node).await.expect("node");
     let conditions = n.status.and_then(|s| s.conditions).unwrap_or_default();
     let ready = conditions.iter().find(|c| c.type_ == "Ready");
@@ -325,8 +415,14 @@ async fn pod_where(api: &Api<Pod>, what: &str, check: impl Fn(&Pod) -> bool) -> 
 }
 
 fn restarts(pod: &Pod) -> i32 {
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-    statuses.and_then(|s| s.first()).map(|c| c.restart_count).unwrap_or(-1)
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref());
+    statuses
+        .and_then(|s| s.first())
+        .map(|c| c.restart_count)
+        .unwrap_or(-1)
 }
 
 fn last_exit(pod: &Pod) -> Option<(i32, String)> {
@@ -346,13 +442,19 @@ async fn probes_flip_readiness_and_failed_processes_are_restarted_and_killed_on_
     let kubelet = Kubelet::start(client.clone(), config(&node, 1, state.path()))
         .await
         .expect("kubelet starts");
-    let out = cp.kubectl().apply(&ns, &probed_pod(&node)).expect("kubectl");
+    let out = cp
+        .kubectl()
+        .apply(&ns, &probed_pod(&node))
+        .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     let pod = pod_where(&api, "the pod to be ready", running_and_ready).await;
     let ip = pod_ip(&pod);
-    assert_eq!(condition(&pod, "PodScheduled").map(|c| c.status.as_str()), Some("True"));
+    assert_eq!(
+        condition(&pod, "PodScheduled").map(|c| c.status.as_str()),
+        Some("True")
+    );
 
     // Readiness follows the probe both ways.
     get(ip, "/control/unready").await.expect("control");
@@ -378,18 +480,27 @@ async fn probes_flip_readiness_and_failed_processes_are_restarted_and_killed_on_
         restarts(p) == 2 && running_and_ready(p)
     })
     .await;
-    assert_eq!(last_exit(&pod), Some((137, "LivenessProbeFailed".to_string())));
+    assert_eq!(
+        last_exit(&pod),
+        Some((137, "LivenessProbeFailed".to_string()))
+    );
     assert!(!alive(second_pid));
 
     // Deleting: SIGTERM is ignored, so SIGKILL follows after the 2 s grace period.
     let third_pid = pid(&pod).expect("pid");
     let started = Instant::now();
-    api.delete("probed", &DeleteParams::default()).await.expect("delete");
+    api.delete("probed", &DeleteParams::default())
+        .await
+        .expect("delete");
     wait_for("the pod to go", Duration::from_secs(30), || async {
         api.get_opt("probed").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!alive(third_pid));
     kubelet.shutdown().await.expect("shutdown");
 }
@@ -421,27 +532,46 @@ async fn the_binary_runs_pods_and_stops_them_and_the_node_on_sigterm() {
         nodes.get_opt(&node).await.ok().flatten()?.metadata.labels
     })
     .await;
-    assert_eq!(labels.get("nvidia.com/gpu.product").map(String::as_str), Some("NVIDIA-TEST"));
+    assert_eq!(
+        labels.get("nvidia.com/gpu.product").map(String::as_str),
+        Some("NVIDIA-TEST")
+    );
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let renewed = || async {
-        leases.get_opt(&node).await.ok().flatten()?.spec?.renew_time.map(|t| t.0)
+        leases
+            .get_opt(&node)
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .renew_time
+            .map(|t| t.0)
     };
     let first = wait_for("the lease", Duration::from_secs(10), renewed).await;
-    wait_for("the lease to be renewed", Duration::from_secs(10), || async {
-        renewed().await.filter(|t| *t > first)
-    })
+    wait_for(
+        "the lease to be renewed",
+        Duration::from_secs(10),
+        || async { renewed().await.filter(|t| *t > first) },
+    )
     .await;
 
-    let out = cp.kubectl().apply(&ns, &probed_pod(&node).replace("STANDIN_IGNORE_TERM", "UNUSED")).expect("kubectl");
+    let out = cp
+        .kubectl()
+        .apply(
+            &ns,
+            &probed_pod(&node).replace("STANDIN_IGNORE_TERM", "UNUSED"),
+        )
+        .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod = pod_where(&api, "the pod to be ready", running_and_ready).await;
     let pid = pid(&pod).expect("pid");
     assert!(alive(pid));
 
-    let group = rustix::process::Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0))
-        .expect("kubelet pid");
+    let group =
+        rustix::process::Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0))
+            .expect("kubelet pid");
     rustix::process::kill_process(group, rustix::process::Signal::TERM).expect("SIGTERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
@@ -456,4 +586,43 @@ async fn the_binary_runs_pods_and_stops_them_and_the_node_on_sigterm() {
     assert_eq!(ready.map(|c| c.status.as_str()), Some("False"));
     let pod = api.get("probed").await.expect("the pod stays in the API");
     assert!(!running_and_ready(&pod));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_can_delete_the_node_and_its_lease_goes_with_it() {
+    init_tracing();
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("kubelet-delete").expect("namespace");
+    let client: Client = cp.client().await.expect("client");
+    let node = format!("standin-{ns}");
+    let state = state_dir();
+    let mut config = config(&node, 1, state.path());
+    config.on_exit = gpupool_tests::kubelet::OnExit::Delete;
+    let kubelet = Kubelet::start(client.clone(), config)
+        .await
+        .expect("kubelet starts");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    wait_for("the lease", Duration::from_secs(10), || async {
+        leases.get_opt(&node).await.ok().flatten()
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let taints = nodes
+        .get(&node)
+        .await
+        .expect("node")
+        .spec
+        .and_then(|s| s.taints);
+    assert!(
+        taints.unwrap_or_default().is_empty(),
+        "the not-ready taint is lifted"
+    );
+
+    kubelet.shutdown().await.expect("shutdown");
+    assert!(nodes.get_opt(&node).await.expect("get").is_none());
+    // The garbage collector removes the lease through its owner reference to the node.
+    wait_for("the lease to go", Duration::from_secs(30), || async {
+        leases.get_opt(&node).await.ok()?.is_none().then_some(())
+    })
+    .await;
 }

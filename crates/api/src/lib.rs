@@ -20,9 +20,9 @@ pub mod telemetry;
 
 pub use model::{InputSpec, ModelFormat, ModelSource, ModelSpec, Precision};
 pub use plan::{ModelPlan, PoolPlan};
-pub use pool::{PullPolicy, Streams,
-    
-    ConcurrencySpec, GpuSpec, InferencePool, InferencePoolSpec, PodOverrides, ScalingSpec,
+pub use pool::{
+    ConcurrencySpec, GpuSpec, InferencePool, InferencePoolSpec, PodOverrides, PullPolicy,
+    ScalingSpec, Streams,
 };
 pub use quantity::{parse_quantity_bytes, MemoryAmount, QuantityError};
 pub use status::{Condition, ConditionStatus, InferencePoolStatus, TelemetrySummary};

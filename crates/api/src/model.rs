@@ -4,7 +4,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Numeric precision of a model's weights and activations on the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Let the sidecar measure and pick the fastest precision that the model supports.
@@ -135,7 +137,10 @@ pub struct ProfileHint {
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     /// Name clients use to pick the model (`model` field of the segmentation API, OIP model name).
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// The model file.
     pub source: ModelSource,

@@ -29,12 +29,41 @@ use std::collections::BTreeMap;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Pods ready"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas", description = "Pods wanted"),
-    printcolumn(name = "Models", type_ = "string", json_path = ".status.modelNames", description = "Models served"),
-    printcolumn(name = "VRAM-Used", type_ = "string", json_path = ".status.vramUsed", description = "Device memory in use on the busiest pod"),
-    printcolumn(name = "VRAM-Budget", type_ = "string", json_path = ".status.vramBudget", description = "Memory budget per GPU"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Pods ready"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Pods wanted"
+    ),
+    printcolumn(
+        name = "Models",
+        type_ = "string",
+        json_path = ".status.modelNames",
+        description = "Models served"
+    ),
+    printcolumn(
+        name = "VRAM-Used",
+        type_ = "string",
+        json_path = ".status.vramUsed",
+        description = "Device memory in use on the busiest pod"
+    ),
+    printcolumn(
+        name = "VRAM-Budget",
+        type_ = "string",
+        json_path = ".status.vramBudget",
+        description = "Memory budget per GPU"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePoolSpec {
@@ -85,7 +114,9 @@ mod auto_literal {
         if value == "auto" {
             Ok(())
         } else {
-            Err(D::Error::custom(format!("streams must be \"auto\" or a number, not {value:?}")))
+            Err(D::Error::custom(format!(
+                "streams must be \"auto\" or a number, not {value:?}"
+            )))
         }
     }
 }

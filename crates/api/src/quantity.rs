@@ -154,7 +154,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_quantities() {
-        for bad in ["", "Gi", "1.Gi", "-1Gi", "1GB", "1 Gi", "abc", ".5Gi", "1e3"] {
+        for bad in [
+            "", "Gi", "1.Gi", "-1Gi", "1GB", "1 Gi", "abc", ".5Gi", "1e3",
+        ] {
             assert!(parse_quantity_bytes(bad).is_err(), "{bad:?} accepted");
         }
         assert!(matches!(
@@ -165,7 +167,10 @@ mod tests {
 
     #[test]
     fn budget_accepts_quantity_or_percentage() {
-        assert_eq!(MemoryAmount::parse("22Gi"), Ok(MemoryAmount::Bytes(22 << 30)));
+        assert_eq!(
+            MemoryAmount::parse("22Gi"),
+            Ok(MemoryAmount::Bytes(22 << 30))
+        );
         assert_eq!(
             MemoryAmount::parse("90%"),
             Ok(MemoryAmount::FractionOfCard(0.9))

@@ -124,10 +124,17 @@ impl SidecarConfig {
                 return invalid(format!("models[{i}].name: duplicate model {:?}", m.name));
             }
             if m.max_batch == 0 || m.slots == 0 {
-                return invalid(format!("models[{i}]: maxBatch and slots must be at least 1"));
+                return invalid(format!(
+                    "models[{i}]: maxBatch and slots must be at least 1"
+                ));
             }
-            if m.input.mean.len() != 3 || m.input.std.len() != 3 || m.input.std.iter().any(|s| *s <= 0.0) {
-                return invalid(format!("models[{i}].input: mean and std need 3 values, std > 0"));
+            if m.input.mean.len() != 3
+                || m.input.std.len() != 3
+                || m.input.std.iter().any(|s| *s <= 0.0)
+            {
+                return invalid(format!(
+                    "models[{i}].input: mean and std need 3 values, std > 0"
+                ));
             }
         }
         if !(0.0..=1.0).contains(&self.admission.reject_above)
@@ -151,7 +158,9 @@ pub enum ConfigDocumentError {
     #[error("sidecar config is not a valid document: {0}")]
     Syntax(#[from] serde_yaml::Error),
     /// Some other kind of document.
-    #[error("expected apiVersion gpupool.io/v1alpha1 kind SidecarConfig, got {api_version} {kind}")]
+    #[error(
+        "expected apiVersion gpupool.io/v1alpha1 kind SidecarConfig, got {api_version} {kind}"
+    )]
     WrongType {
         /// The document's apiVersion.
         api_version: String,

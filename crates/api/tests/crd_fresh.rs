@@ -26,7 +26,10 @@ fn crd_names_and_subresources() {
     assert!(sub.status.is_some(), "status subresource");
     let scale = sub.scale.as_ref().expect("scale subresource");
     assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-    assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.selector")
+    );
     let columns: Vec<_> = version
         .additional_printer_columns
         .iter()
@@ -35,6 +38,13 @@ fn crd_names_and_subresources() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Desired", "Models", "VRAM-Used", "VRAM-Budget", "Age"]
+        [
+            "Ready",
+            "Desired",
+            "Models",
+            "VRAM-Used",
+            "VRAM-Budget",
+            "Age"
+        ]
     );
 }

@@ -39,6 +39,11 @@ int gpupool_cuda_device_count(int* out) {
   if (out == nullptr) return GPUPOOL_EINVAL;
   *out = 0;
 #ifdef GPUPOOL_WITH_CUDA
+  // Keep libtorch_cuda linked: nothing else references it, so `--as-needed` (after
+  // `--gc-sections` dropped unused shim functions) would leave it out, and without its static
+  // initialisers libtorch has no CUDA backend. Every engine start reaches this function.
+  auto* volatile keep_torch_cuda = &at::cuda::getDeviceProperties;
+  (void)keep_torch_cuda;
   GPUPOOL_GUARD({
     if (at::hasCUDA()) *out = static_cast<int>(c10::cuda::device_count());
     return GPUPOOL_OK;

@@ -38,7 +38,11 @@ pub(crate) fn largest_fitting(max_n: usize, free: u64, cost: impl Fn(usize) -> u
 impl Ledger {
     /// A ledger with nothing reserved.
     pub fn new(budget: u64) -> Arc<Self> {
-        Arc::new(Self { budget, used: Mutex::new(0), released: Condvar::new() })
+        Arc::new(Self {
+            budget,
+            used: Mutex::new(0),
+            released: Condvar::new(),
+        })
     }
 
     /// The budget in bytes.
@@ -58,12 +62,19 @@ impl Ledger {
             return None;
         }
         *used += bytes;
-        Some(Reservation { ledger: Arc::clone(self), bytes })
+        Some(Reservation {
+            ledger: Arc::clone(self),
+            bytes,
+        })
     }
 
     /// Reserves the cost of the largest batch of at most `max_n` images that fits; `None` when not
     /// even one image fits.
-    pub fn reserve_largest(self: &Arc<Self>, max_n: usize, cost: impl Fn(usize) -> u64) -> Option<(usize, Reservation)> {
+    pub fn reserve_largest(
+        self: &Arc<Self>,
+        max_n: usize,
+        cost: impl Fn(usize) -> u64,
+    ) -> Option<(usize, Reservation)> {
         let mut used = self.used.lock();
         let free = self.budget.saturating_sub(*used);
         let n = largest_fitting(max_n, free, &cost);
@@ -72,7 +83,13 @@ impl Ledger {
         }
         let bytes = cost(n);
         *used += bytes;
-        Some((n, Reservation { ledger: Arc::clone(self), bytes }))
+        Some((
+            n,
+            Reservation {
+                ledger: Arc::clone(self),
+                bytes,
+            },
+        ))
     }
 
     /// Blocks until some reservation is released or `timeout` passes.
@@ -142,7 +159,10 @@ mod tests {
         assert!(ledger.try_reserve(1).is_none());
         drop(a);
         assert_eq!(ledger.used(), 40);
-        assert!(ledger.try_reserve(u64::MAX).is_none(), "overflow must not wrap");
+        assert!(
+            ledger.try_reserve(u64::MAX).is_none(),
+            "overflow must not wrap"
+        );
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! creation. Answers go back over `tokio::sync::oneshot`.
 
 use crate::error::InferError;
+use crate::Inference;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Where a request's answer goes.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<f32>, InferError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Inference, InferError>>;
 
 /// One image waiting for a batch.
 #[derive(Debug)]
@@ -40,7 +41,13 @@ pub(crate) enum Decision {
 }
 
 /// The batching policy, as a pure function of the queue's state.
-pub(crate) fn decide(len: usize, oldest_age: Duration, cap: usize, delay: Duration, draining: bool) -> Decision {
+pub(crate) fn decide(
+    len: usize,
+    oldest_age: Duration,
+    cap: usize,
+    delay: Duration,
+    draining: bool,
+) -> Decision {
     if len == 0 {
         Decision::Idle
     } else if len >= cap.max(1) || draining || oldest_age >= delay {
@@ -144,7 +151,11 @@ impl BatchQueue {
                 return Next::Exit;
             }
             let (cap, delay) = settings();
-            let age = st.pending.front().map(|r| r.enqueued.elapsed()).unwrap_or_default();
+            let age = st
+                .pending
+                .front()
+                .map(|r| r.enqueued.elapsed())
+                .unwrap_or_default();
             match decide(st.pending.len(), age, cap, delay, st.closed) {
                 Decision::Run => return Next::Batch,
                 Decision::Idle => self.changed.wait(&mut st),
@@ -233,9 +244,16 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn request() -> (Request, oneshot::Receiver<Result<Vec<f32>, InferError>>) {
+    fn request() -> (Request, oneshot::Receiver<Result<Inference, InferError>>) {
         let (tx, rx) = oneshot::channel();
-        (Request { image: vec![0.0], reply: tx, enqueued: Instant::now() }, rx)
+        (
+            Request {
+                image: vec![0.0],
+                reply: tx,
+                enqueued: Instant::now(),
+            },
+            rx,
+        )
     }
 
     #[test]
@@ -245,7 +263,10 @@ mod tests {
         assert_eq!(decide(2, 2 * MS, 4, 5 * MS, false), Decision::Wait(3 * MS));
         assert_eq!(decide(2, 5 * MS, 4, 5 * MS, false), Decision::Run);
         assert_eq!(decide(1, Duration::ZERO, 4, 5 * MS, true), Decision::Run);
-        assert_eq!(decide(1, Duration::ZERO, 4, Duration::ZERO, false), Decision::Run);
+        assert_eq!(
+            decide(1, Duration::ZERO, 4, Duration::ZERO, false),
+            Decision::Run
+        );
     }
 
     #[test]
@@ -269,12 +290,20 @@ mod tests {
         let q = BatchQueue::new(8);
         assert_eq!(q.set_target_slots(2), 2);
         assert_eq!(q.set_target_slots(1), 0);
-        assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit, "one of two slots retires");
+        assert_eq!(
+            q.wait_batch(|| (4, MS)),
+            Next::Exit,
+            "one of two slots retires"
+        );
         assert_eq!(q.live_slots(), 1);
         let (a, _ra) = request();
         assert!(q.push(a).is_ok());
         q.close();
-        assert_eq!(q.wait_batch(|| (4, Duration::from_secs(60))), Next::Batch, "drains at once");
+        assert_eq!(
+            q.wait_batch(|| (4, Duration::from_secs(60))),
+            Next::Batch,
+            "drains at once"
+        );
         assert_eq!(q.take(4).len(), 1);
         assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit);
         let (b, _rb) = request();

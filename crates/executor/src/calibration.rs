@@ -34,7 +34,8 @@ pub(crate) fn batch_sizes(max: usize) -> Vec<usize> {
 /// at least `n` (peaks grow with batch size, so that is an upper bound), or linear extrapolation
 /// from the largest measured one. `None` when that precision was not measured.
 pub(crate) fn peak_for(points: &[ProfilePoint], precision: Precision, n: usize) -> Option<u64> {
-    let mut measured: Vec<&ProfilePoint> = points.iter().filter(|p| p.precision == precision).collect();
+    let mut measured: Vec<&ProfilePoint> =
+        points.iter().filter(|p| p.precision == precision).collect();
     measured.sort_by_key(|p| p.batch_size);
     if let Some(p) = measured.iter().find(|p| p.batch_size as usize >= n) {
         return Some(p.peak_bytes);
@@ -46,7 +47,12 @@ pub(crate) fn peak_for(points: &[ProfilePoint], precision: Precision, n: usize) 
 
 /// The precision with the best throughput at any measured batch size whose weights plus peak (with
 /// headroom) fit the budget; ties go to less memory. `None` if nothing fits.
-pub(crate) fn choose(points: &[ProfilePoint], weights: &BTreeMap<Precision, u64>, budget: u64, headroom: f64) -> Option<Precision> {
+pub(crate) fn choose(
+    points: &[ProfilePoint],
+    weights: &BTreeMap<Precision, u64>,
+    budget: u64,
+    headroom: f64,
+) -> Option<Precision> {
     points
         .iter()
         .filter(|p| {
@@ -101,7 +107,10 @@ pub(crate) fn predict_next(measured: &[ProfilePoint], n: usize, estimate: u64) -
     match measured.last() {
         Some(last) => {
             let b = u64::from(last.batch_size.max(1));
-            last.peak_bytes.saturating_mul(n as u64).div_ceil(b).max(last.peak_bytes)
+            last.peak_bytes
+                .saturating_mul(n as u64)
+                .div_ceil(b)
+                .max(last.peak_bytes)
         }
         None => estimate,
     }
@@ -112,8 +121,18 @@ mod tests {
     use super::*;
     use Precision::*;
 
-    fn point(precision: Precision, batch_size: u32, latency_ms: f64, peak_bytes: u64) -> ProfilePoint {
-        ProfilePoint { precision, batch_size, latency_ms, peak_bytes }
+    fn point(
+        precision: Precision,
+        batch_size: u32,
+        latency_ms: f64,
+        peak_bytes: u64,
+    ) -> ProfilePoint {
+        ProfilePoint {
+            precision,
+            batch_size,
+            latency_ms,
+            peak_bytes,
+        }
     }
 
     #[test]
@@ -126,7 +145,11 @@ mod tests {
 
     #[test]
     fn peaks_are_looked_up_conservatively_and_extrapolated() {
-        let pts = vec![point(Fp16, 1, 1.0, 100), point(Fp16, 2, 1.5, 180), point(Fp16, 4, 2.0, 350)];
+        let pts = vec![
+            point(Fp16, 1, 1.0, 100),
+            point(Fp16, 2, 1.5, 180),
+            point(Fp16, 4, 2.0, 350),
+        ];
         assert_eq!(peak_for(&pts, Fp16, 1), Some(100));
         assert_eq!(peak_for(&pts, Fp16, 3), Some(350));
         assert_eq!(peak_for(&pts, Fp16, 8), Some(700));
@@ -138,8 +161,8 @@ mod tests {
     #[test]
     fn picks_the_fastest_precision_that_fits() {
         let pts = vec![
-            point(Fp32, 8, 100.0, 500), // 80 img/s
-            point(Fp16, 8, 60.0, 300),  // 133 img/s
+            point(Fp32, 8, 100.0, 500),  // 80 img/s
+            point(Fp16, 8, 60.0, 300),   // 133 img/s
             point(Fp16, 16, 100.0, 900), // 160 img/s but does not fit
             point(Bf16, 8, 61.0, 300),
         ];

@@ -26,7 +26,11 @@ pub(crate) struct Circuit {
 
 impl Circuit {
     pub fn new(threshold: f64) -> Self {
-        Self { open: AtomicBool::new(false), threshold: AtomicU64::new(threshold.to_bits()), last: Mutex::new(None) }
+        Self {
+            open: AtomicBool::new(false),
+            threshold: AtomicU64::new(threshold.to_bits()),
+            last: Mutex::new(None),
+        }
     }
 
     fn threshold(&self) -> f64 {
@@ -35,7 +39,8 @@ impl Circuit {
 
     fn evaluate(&self, last: &Option<DeviceTelemetry>) {
         let fraction = last.as_ref().map(DeviceTelemetry::used_fraction);
-        self.open.store(should_open(fraction, self.threshold()), Ordering::Relaxed);
+        self.open
+            .store(should_open(fraction, self.threshold()), Ordering::Relaxed);
     }
 
     /// Changes the reject threshold (live config) and re-evaluates the last reading.
@@ -66,8 +71,17 @@ impl Circuit {
         if !self.is_open() {
             return Ok(());
         }
-        let used_fraction = self.last.lock().as_ref().map(DeviceTelemetry::used_fraction).unwrap_or(0.0);
-        Err(InferError::CircuitOpen { retry_after, used_fraction, threshold: self.threshold() })
+        let used_fraction = self
+            .last
+            .lock()
+            .as_ref()
+            .map(DeviceTelemetry::used_fraction)
+            .unwrap_or(0.0);
+        Err(InferError::CircuitOpen {
+            retry_after,
+            used_fraction,
+            threshold: self.threshold(),
+        })
     }
 }
 
@@ -95,7 +109,12 @@ impl StopSignal {
 }
 
 /// The sampler thread's loop: read the probe every `interval` until stopped.
-pub(crate) fn sample_until_stopped(circuit: &Circuit, probe: &Arc<dyn DeviceProbe>, interval: Duration, stop: &StopSignal) {
+pub(crate) fn sample_until_stopped(
+    circuit: &Circuit,
+    probe: &Arc<dyn DeviceProbe>,
+    interval: Duration,
+    stop: &StopSignal,
+) {
     loop {
         circuit.observe(probe.sample());
         if stop.sleep(interval) {

@@ -31,7 +31,10 @@ pub struct CalibrationOptions {
 
 impl Default for CalibrationOptions {
     fn default() -> Self {
-        Self { warmup: 2, iterations: 5 }
+        Self {
+            warmup: 2,
+            iterations: 5,
+        }
     }
 }
 
@@ -84,7 +87,10 @@ impl std::fmt::Debug for EngineOptions {
         f.debug_struct("EngineOptions")
             .field("device", &self.device)
             .field("calibration", &self.calibration)
-            .field("activation_bytes_per_image", &self.activation_bytes_per_image)
+            .field(
+                "activation_bytes_per_image",
+                &self.activation_bytes_per_image,
+            )
             .field("peak_headroom", &self.peak_headroom)
             .field("sample_interval", &self.sample_interval)
             .field("retry_after", &self.retry_after)

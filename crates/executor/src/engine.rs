@@ -20,6 +20,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// The answer to one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inference {
+    /// H × W logits at the model's input size, row-major.
+    pub logits: Vec<f32>,
+    /// How many images the forward pass that produced it ran (after any out-of-memory split).
+    pub batch_size: u32,
+}
+
 /// The GPU engine: models, slots, batchers, memory admission and telemetry of one process.
 #[derive(Clone)]
 pub struct Engine {
@@ -54,10 +63,15 @@ fn resolve_device(choice: DeviceChoice) -> Result<ComputeDevice, EngineError> {
     match choice {
         DeviceChoice::Auto => Ok(ComputeDevice::detect()),
         DeviceChoice::Cpu => Ok(ComputeDevice::Cpu),
-        DeviceChoice::Cuda(i) if i < ComputeDevice::cuda_device_count() => Ok(ComputeDevice::Cuda(i)),
+        DeviceChoice::Cuda(i) if i < ComputeDevice::cuda_device_count() => {
+            Ok(ComputeDevice::Cuda(i))
+        }
         DeviceChoice::Cuda(i) => Err(EngineError::Device {
             device: format!("cuda:{i}"),
-            message: format!("libtorch sees {} CUDA devices", ComputeDevice::cuda_device_count()),
+            message: format!(
+                "libtorch sees {} CUDA devices",
+                ComputeDevice::cuda_device_count()
+            ),
         }),
     }
 }
@@ -72,11 +86,17 @@ impl Engine {
         if let Err(e) = device.set_cudnn_benchmark(options.cudnn_benchmark) {
             tracing::warn!(error = %e, "could not set cuDNN benchmark mode");
         }
-        let fraction = device
-            .cap_memory(config.memory_budget_bytes)
-            .map_err(|e| EngineError::Device { device: device.to_string(), message: e.to_string() })?;
+        let fraction =
+            device
+                .cap_memory(config.memory_budget_bytes)
+                .map_err(|e| EngineError::Device {
+                    device: device.to_string(),
+                    message: e.to_string(),
+                })?;
         let probe: Option<Arc<dyn DeviceProbe>> = options.probe.clone().or_else(|| match device {
-            ComputeDevice::Cuda(i) => NvmlProbe::open(i).map(|p| Arc::new(p) as Arc<dyn DeviceProbe>),
+            ComputeDevice::Cuda(i) => {
+                NvmlProbe::open(i).map(|p| Arc::new(p) as Arc<dyn DeviceProbe>)
+            }
             ComputeDevice::Cpu => None,
         });
         tracing::info!(%device, budget = config.memory_budget_bytes, ?fraction, nvml = probe.is_some(), "starting engine");
@@ -103,12 +123,20 @@ impl Engine {
             peak_reserved_seen: AtomicU64::new(0),
             options,
         });
-        let core = Arc::new(Core { shared: Arc::clone(&shared), threads_done: tokio::sync::Mutex::new(Some(threads_done)) });
+        let core = Arc::new(Core {
+            shared: Arc::clone(&shared),
+            threads_done: tokio::sync::Mutex::new(Some(threads_done)),
+        });
         if let Some(probe) = probe {
             shared.circuit.observe(probe.sample());
             let s = Arc::clone(&shared);
             shared.spawn("gpupool-sampler".into(), move || {
-                circuit::sample_until_stopped(&s.circuit, &probe, s.options.sample_interval, &s.stop_sampler)
+                circuit::sample_until_stopped(
+                    &s.circuit,
+                    &probe,
+                    s.options.sample_interval,
+                    &s.stop_sampler,
+                )
             })?;
         }
         let s = Arc::clone(&shared);
@@ -120,18 +148,37 @@ impl Engine {
     /// `model` and returns its H × W logits. Waits in the model's queue for a batch; refused at
     /// once when the queue is full, the circuit is open, the model failed, or the engine stops.
     pub async fn infer(&self, model: &str, image: Vec<f32>) -> Result<Vec<f32>, InferError> {
+        self.infer_detailed(model, image).await.map(|i| i.logits)
+    }
+
+    /// As [`Engine::infer`], also saying how large a batch the image ran in.
+    pub async fn infer_detailed(
+        &self,
+        model: &str,
+        image: Vec<f32>,
+    ) -> Result<Inference, InferError> {
         let answer = self.submit(model, image)?;
         answer.await.unwrap_or(Err(InferError::ShuttingDown))
     }
 
-    fn submit(&self, model: &str, image: Vec<f32>) -> Result<oneshot::Receiver<Result<Vec<f32>, InferError>>, InferError> {
+    fn submit(
+        &self,
+        model: &str,
+        image: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Result<Inference, InferError>>, InferError> {
         let s = &self.shared;
         if s.is_shutting_down() {
             return Err(InferError::ShuttingDown);
         }
-        let entry = s.model(model).ok_or_else(|| InferError::UnknownModel(model.to_owned()))?;
+        let entry = s
+            .model(model)
+            .ok_or_else(|| InferError::UnknownModel(model.to_owned()))?;
         if image.len() != entry.image_len() {
-            return Err(InferError::InvalidInput { model: model.to_owned(), expected: entry.image_len(), got: image.len() });
+            return Err(InferError::InvalidInput {
+                model: model.to_owned(),
+                expected: entry.image_len(),
+                got: image.len(),
+            });
         }
         let not_ready = |reason: Option<String>| InferError::ModelNotReady {
             model: model.to_owned(),
@@ -145,11 +192,18 @@ impl Engine {
             return Err(e);
         }
         let (reply, answer) = oneshot::channel();
-        match entry.queue.push(Request { image, reply, enqueued: Instant::now() }) {
+        match entry.queue.push(Request {
+            image,
+            reply,
+            enqueued: Instant::now(),
+        }) {
             Ok(()) => Ok(answer),
             Err((_, Refused::Full(depth))) => {
                 entry.stats.reject();
-                Err(InferError::QueueFull { model: model.to_owned(), depth })
+                Err(InferError::QueueFull {
+                    model: model.to_owned(),
+                    depth,
+                })
             }
             Err((_, Refused::Closed)) if s.is_shutting_down() => Err(InferError::ShuttingDown),
             Err((_, Refused::Closed)) => Err(not_ready(entry.state().1)),
@@ -168,7 +222,9 @@ impl Engine {
 
     /// Whether `model` can serve requests now (unknown models are not ready).
     pub fn model_ready(&self, model: &str) -> bool {
-        self.shared.model(model).is_some_and(|m| telemetry::model_is_ready(&self.shared, m))
+        self.shared
+            .model(model)
+            .is_some_and(|m| telemetry::model_is_ready(&self.shared, m))
     }
 
     /// Resolves when start-up calibration has finished, whether or not every model loaded.
@@ -199,14 +255,20 @@ impl Engine {
         }
         let mut current = s.config.write();
         if !current.can_apply_live(&next) {
-            return Err(EngineError::RestartRequired { generation: next.generation, what: restart_fields(&current, &next) });
+            return Err(EngineError::RestartRequired {
+                generation: next.generation,
+                what: restart_fields(&current, &next),
+            });
         }
         for (entry, m) in s.models.iter().zip(&next.models) {
             if m.precision != Precision::Auto {
                 let facts = entry.runtime.lock().facts.clone();
-                precision::mode_for(m.precision, facts.precision, m.source.format).map_err(|reason| {
-                    EngineError::Unsupported { model: m.name.clone(), reason }
-                })?;
+                precision::mode_for(m.precision, facts.precision, m.source.format).map_err(
+                    |reason| EngineError::Unsupported {
+                        model: m.name.clone(),
+                        reason,
+                    },
+                )?;
             }
         }
         s.circuit.set_threshold(next.admission.reject_above);
@@ -214,14 +276,20 @@ impl Engine {
         for (entry, m) in s.models.iter().zip(&next.models) {
             *entry.settings.write() = LiveSettings::from_config(m);
             entry.refresh_cached_settings();
-            entry.queue.set_capacity(next.admission.max_queue_per_model as usize);
+            entry
+                .queue
+                .set_capacity(next.admission.max_queue_per_model as usize);
             s.residency.lock().set_pinned(&entry.name, m.resident);
             if entry.serving.load(Ordering::SeqCst) {
                 startup::start_slots(s, entry, None)?;
             }
             entry.queue.wake_all();
         }
-        tracing::info!(from = current.generation, to = next.generation, "applied config live");
+        tracing::info!(
+            from = current.generation,
+            to = next.generation,
+            "applied config live"
+        );
         *current = next;
         Ok(())
     }

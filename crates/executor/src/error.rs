@@ -29,7 +29,9 @@ pub enum InferError {
         depth: usize,
     },
     /// Device memory use is above the reject threshold (HTTP 503 with `Retry-After`).
-    #[error("GPU memory use {used_fraction:.3} is above {threshold:.3}; retry after {retry_after:?}")]
+    #[error(
+        "GPU memory use {used_fraction:.3} is above {threshold:.3}; retry after {retry_after:?}"
+    )]
     CircuitOpen {
         /// How long the client should wait before retrying.
         retry_after: Duration,
@@ -66,7 +68,9 @@ impl InferError {
             InferError::UnknownModel(_) => 404,
             InferError::InvalidInput { .. } => 400,
             InferError::QueueFull { .. } => 429,
-            InferError::CircuitOpen { .. } | InferError::ModelNotReady { .. } | InferError::ShuttingDown => 503,
+            InferError::CircuitOpen { .. }
+            | InferError::ModelNotReady { .. }
+            | InferError::ShuttingDown => 503,
             InferError::Inference { .. } => 500,
         }
     }

@@ -25,7 +25,13 @@ pub(crate) struct Pass<'a> {
 
 impl Gate {
     pub fn new(limit: usize) -> Self {
-        Self { counts: Mutex::new(Counts { running: 0, limit: limit.max(1) }), cv: Condvar::new() }
+        Self {
+            counts: Mutex::new(Counts {
+                running: 0,
+                limit: limit.max(1),
+            }),
+            cv: Condvar::new(),
+        }
     }
 
     /// Waits until fewer than `limit` passes are out, then takes one.
@@ -67,7 +73,11 @@ mod tests {
         let max_seen = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..6)
             .map(|_| {
-                let (g, i, m) = (Arc::clone(&gate), Arc::clone(&inside), Arc::clone(&max_seen));
+                let (g, i, m) = (
+                    Arc::clone(&gate),
+                    Arc::clone(&inside),
+                    Arc::clone(&max_seen),
+                );
                 std::thread::spawn(move || {
                     for _ in 0..20 {
                         let _p = g.enter();

@@ -50,6 +50,6 @@ mod telemetry;
 
 pub use config::{CalibrationOptions, DeviceChoice, EngineOptions};
 pub use cuda::{AllocatorStats, ComputeDevice, ShimError};
-pub use engine::Engine;
+pub use engine::{Engine, Inference};
 pub use error::{EngineError, InferError};
 pub use nvml::{DeviceProbe, ManualProbe, NvmlProbe};

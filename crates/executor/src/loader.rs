@@ -38,13 +38,18 @@ pub(crate) struct InUse<'a> {
 
 impl Drop for InUse<'_> {
     fn drop(&mut self) {
-        self.shared.residency.lock().release(self.name, self.generation);
+        self.shared
+            .residency
+            .lock()
+            .release(self.name, self.generation);
     }
 }
 
 /// Unloads `name` if no slot is running it; true if it was unloaded.
 pub(crate) fn evict(shared: &Shared, name: &str) -> bool {
-    let Some(entry) = shared.model(name) else { return false };
+    let Some(entry) = shared.model(name) else {
+        return false;
+    };
     let old = {
         let mut lru = shared.residency.lock();
         if !lru.remove_if_idle(name) {
@@ -59,7 +64,11 @@ pub(crate) fn evict(shared: &Shared, name: &str) -> bool {
     let freed = old.as_ref().map_or(0, |r| r.model.weights_bytes);
     drop(old); // outside the locks: releases the ledger reservation
     shared.device.empty_cache();
-    tracing::info!(model = name, freed_bytes = freed, "unloaded model to make room");
+    tracing::info!(
+        model = name,
+        freed_bytes = freed,
+        "unloaded model to make room"
+    );
     true
 }
 
@@ -71,13 +80,22 @@ pub(crate) fn make_room(shared: &Shared, need: u64, exclude: &str) -> bool {
         lru.victims(need, free, exclude)
     };
     match victims {
-        Some(v) if !v.is_empty() => v.iter().fold(false, |any, name| evict(shared, name) || any),
+        Some(v) if !v.is_empty() => {
+            // Every victim is tried (no short-circuit): each one unloaded frees its weights.
+            let unloaded = v.iter().filter(|name| evict(shared, name)).count();
+            unloaded > 0
+        }
         _ => false,
     }
 }
 
 /// Reserves `need` bytes, unloading other models or waiting for releases until `deadline`.
-pub(crate) fn reserve(shared: &Shared, need: u64, exclude: &str, deadline: Instant) -> Result<Reservation, LoadFailure> {
+pub(crate) fn reserve(
+    shared: &Shared,
+    need: u64,
+    exclude: &str,
+    deadline: Instant,
+) -> Result<Reservation, LoadFailure> {
     loop {
         if let Some(r) = shared.ledger.try_reserve(need) {
             return Ok(r);
@@ -103,7 +121,11 @@ pub(crate) fn reserve(shared: &Shared, need: u64, exclude: &str, deadline: Insta
 }
 
 /// Loads `entry` at `precision` with its weights reserved (not yet recorded as loaded).
-pub(crate) fn load_resident(shared: &Shared, entry: &ModelEntry, precision: Precision) -> Result<Arc<Resident>, LoadFailure> {
+pub(crate) fn load_resident(
+    shared: &Shared,
+    entry: &ModelEntry,
+    precision: Precision,
+) -> Result<Arc<Resident>, LoadFailure> {
     let path = crate::config::local_path(&entry.source.uri).to_owned();
     let facts = entry.runtime.lock().facts.clone();
     let known = entry.runtime.lock().weights.get(&precision).copied();
@@ -113,8 +135,15 @@ pub(crate) fn load_resident(shared: &Shared, entry: &ModelEntry, precision: Prec
     let deadline = Instant::now() + shared.options.memory_wait;
     let mut weights = reserve(shared, estimate, &entry.name, deadline)?;
     let slots = entry.settings.read().slots;
-    let model = LoadedModel::load(&path, entry.source.format, shared.device, precision, &facts, slots)
-        .map_err(LoadFailure::Permanent)?;
+    let model = LoadedModel::load(
+        &path,
+        entry.source.format,
+        shared.device,
+        precision,
+        &facts,
+        slots,
+    )
+    .map_err(LoadFailure::Permanent)?;
     let loaded_bytes = model.weights_bytes;
     if !weights.resize(loaded_bytes.max(1)) {
         drop(model);
@@ -123,32 +152,70 @@ pub(crate) fn load_resident(shared: &Shared, entry: &ModelEntry, precision: Prec
             weights.bytes()
         )));
     }
-    entry.runtime.lock().weights.insert(model.precision, model.weights_bytes);
+    entry
+        .runtime
+        .lock()
+        .weights
+        .insert(model.precision, model.weights_bytes);
     if model.is_package() {
         let mut rt = entry.runtime.lock();
         rt.facts.precision = Some(model.precision);
         rt.facts.max_batch = model.max_batch.or(rt.facts.max_batch);
     }
-    Ok(Arc::new(Resident { model, _weights: weights }))
+    Ok(Arc::new(Resident {
+        model,
+        _weights: weights,
+    }))
 }
 
 /// Records `resident` as the model's loaded copy (replacing any other) and marks it Ready.
 pub(crate) fn install(shared: &Shared, entry: &ModelEntry, resident: Arc<Resident>) {
+    let _ = install_inner(shared, entry, resident, false);
+}
+
+/// Installs and, under the same lock (so no other slot can unload it in between), takes it in use.
+fn install_and_acquire<'a>(
+    shared: &'a Shared,
+    entry: &'a ModelEntry,
+    resident: Arc<Resident>,
+) -> InUse<'a> {
+    let generation = install_inner(shared, entry, Arc::clone(&resident), true);
+    InUse {
+        shared,
+        name: &entry.name,
+        generation,
+        resident,
+    }
+}
+
+fn install_inner(
+    shared: &Shared,
+    entry: &ModelEntry,
+    resident: Arc<Resident>,
+    acquire: bool,
+) -> u64 {
     let pinned = entry.settings.read().resident;
-    let old = {
+    let (old, generation) = {
         let mut lru = shared.residency.lock();
-        lru.insert(&entry.name, resident.model.weights_bytes, pinned);
+        let mut generation = lru.insert(&entry.name, resident.model.weights_bytes, pinned);
+        if acquire {
+            generation = lru.acquire(&entry.name).unwrap_or(generation);
+        }
         let mut rt = entry.runtime.lock();
         rt.state = ModelState::Ready;
         rt.reason = None;
-        rt.loaded.replace(resident)
+        (rt.loaded.replace(resident), generation)
     };
     drop(old);
     entry.refresh_cached_settings();
+    generation
 }
 
 /// The model loaded at its target precision, held in use; loads it (unloading others) if needed.
-pub(crate) fn ensure_loaded<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Result<InUse<'a>, LoadFailure> {
+pub(crate) fn ensure_loaded<'a>(
+    shared: &'a Shared,
+    entry: &'a ModelEntry,
+) -> Result<InUse<'a>, LoadFailure> {
     if let Some(in_use) = try_acquire(shared, entry) {
         return Ok(in_use);
     }
@@ -167,19 +234,18 @@ pub(crate) fn ensure_loaded<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Re
     entry.set_state(ModelState::Loading, None);
     match load_resident(shared, entry, precision) {
         Ok(resident) => {
-            install(shared, entry, resident);
             tracing::info!(model = %entry.name, %precision, "model loaded");
+            Ok(install_and_acquire(shared, entry, resident))
         }
         Err(LoadFailure::Permanent(reason)) => {
             entry.set_state(ModelState::Failed, Some(reason.clone()));
-            return Err(LoadFailure::Permanent(reason));
+            Err(LoadFailure::Permanent(reason))
         }
         Err(LoadFailure::Transient(reason)) => {
             entry.set_state(ModelState::Unloaded, Some(reason.clone()));
-            return Err(LoadFailure::Transient(reason));
+            Err(LoadFailure::Transient(reason))
         }
     }
-    try_acquire(shared, entry).ok_or_else(|| LoadFailure::Transient("the model was unloaded again at once".into()))
 }
 
 fn try_acquire<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<InUse<'a>> {
@@ -191,5 +257,10 @@ fn try_acquire<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<InUse<'a
         return None;
     }
     let generation = lru.acquire(&entry.name)?;
-    Some(InUse { shared, name: &entry.name, generation, resident: Arc::clone(resident) })
+    Some(InUse {
+        shared,
+        name: &entry.name,
+        generation,
+        resident: Arc::clone(resident),
+    })
 }

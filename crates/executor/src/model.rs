@@ -44,7 +44,11 @@ pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, Stri
     let json = match cuda::torchscript_extra_file(path, "gpupool.json") {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(FileFacts::default()),
-        Err(e) => return Err(format!("model file {path} is not a readable TorchScript archive: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "model file {path} is not a readable TorchScript archive: {e}"
+            ))
+        }
     };
     let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
     Ok(FileFacts::from_lookup(|key| {
@@ -56,7 +60,10 @@ pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, Stri
 }
 
 enum Runner {
-    Script { module: CModule, mode: PrecisionMode },
+    Script {
+        module: CModule,
+        mode: PrecisionMode,
+    },
     Package(AotiPackage),
 }
 
@@ -93,13 +100,22 @@ impl LoadedModel {
         }
     }
 
-    fn load_script(path: &str, device: ComputeDevice, precision: Precision, facts: &FileFacts) -> Result<Self, String> {
+    fn load_script(
+        path: &str,
+        device: ComputeDevice,
+        precision: Precision,
+        facts: &FileFacts,
+    ) -> Result<Self, String> {
         let mode = precision::mode_for(precision, facts.precision, ModelFormat::Torchscript)?;
         let mut module = CModule::load_on_device(Path::new(path), device.tch())
             .map_err(|e| format!("cannot load TorchScript model {path}: {e}"))?;
-        module.f_set_eval().map_err(|e| format!("cannot load TorchScript model {path}: {e}"))?;
+        module
+            .f_set_eval()
+            .map_err(|e| format!("cannot load TorchScript model {path}: {e}"))?;
         if let PrecisionMode::CastWeights(kind) = mode {
-            tch_call("casting the weights", || module.to(device.tch(), kind, false))?;
+            tch_call("casting the weights", || {
+                module.to(device.tch(), kind, false)
+            })?;
         }
         let weights_bytes = module
             .named_parameters()
@@ -119,7 +135,12 @@ impl LoadedModel {
         })
     }
 
-    fn load_package(path: &str, device: ComputeDevice, precision: Precision, runners: usize) -> Result<Self, String> {
+    fn load_package(
+        path: &str,
+        device: ComputeDevice,
+        precision: Precision,
+        runners: usize,
+    ) -> Result<Self, String> {
         let cuda_device = match device {
             ComputeDevice::Cpu => None,
             ComputeDevice::Cuda(i) => Some(i),
@@ -148,19 +169,28 @@ impl LoadedModel {
     pub fn forward(&self, input: &Tensor, stream: usize) -> Result<Tensor, ForwardFailure> {
         let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
         let out = tch::no_grad(|| match &self.runner {
-            Runner::Script { module, mode: PrecisionMode::Native } => module.forward_ts(&[input]).map_err(torch),
-            Runner::Script { module, mode: PrecisionMode::CastWeights(kind) } => {
+            Runner::Script {
+                module,
+                mode: PrecisionMode::Native,
+            } => module.forward_ts(&[input]).map_err(torch),
+            Runner::Script {
+                module,
+                mode: PrecisionMode::CastWeights(kind),
+            } => {
                 let x = input.f_to_kind(*kind).map_err(torch)?;
                 module.forward_ts(&[x]).map_err(torch)
             }
-            Runner::Script { module, mode: PrecisionMode::Autocast(kind) } => {
+            Runner::Script {
+                module,
+                mode: PrecisionMode::Autocast(kind),
+            } => {
                 let _autocast = AutocastGuard::enter(self.device.tch(), *kind)
                     .map_err(|e| ForwardFailure::Other(e.to_string()))?;
                 module.forward_ts(&[input]).map_err(torch)
             }
-            Runner::Package(package) => {
-                package.run(input, stream).map_err(|e| ForwardFailure::classify(e.to_string()))
-            }
+            Runner::Package(package) => package
+                .run(input, stream)
+                .map_err(|e| ForwardFailure::classify(e.to_string())),
         })?;
         if out.f_kind().map_err(torch)? == Kind::Float {
             Ok(out)
@@ -181,7 +211,14 @@ mod tests {
             "size" => Some("64".into()),
             _ => None,
         });
-        assert_eq!(f, FileFacts { precision: Some(Precision::Fp16), size: Some(64), max_batch: None });
+        assert_eq!(
+            f,
+            FileFacts {
+                precision: Some(Precision::Fp16),
+                size: Some(64),
+                max_batch: None
+            }
+        );
     }
 
     #[test]

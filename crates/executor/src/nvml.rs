@@ -32,7 +32,11 @@ impl NvmlProbe {
         let nvml = Nvml::init().ok()?;
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         let selector = nvml_selector(visible.as_deref(), cuda_index)?;
-        let probe = Self { nvml, selector, pid: std::process::id() };
+        let probe = Self {
+            nvml,
+            selector,
+            pid: std::process::id(),
+        };
         probe.sample()?;
         Some(probe)
     }
@@ -59,10 +63,13 @@ impl DeviceProbe for NvmlProbe {
         let memory = device.memory_info().ok()?;
         let utilization_percent = device.utilization_rates().map(|u| u.gpu).unwrap_or(0);
         let process_used_bytes = device.running_compute_processes().ok().and_then(|procs| {
-            procs.iter().find(|p| p.pid == self.pid).and_then(|p| match p.used_gpu_memory {
-                UsedGpuMemory::Used(bytes) => Some(bytes),
-                UsedGpuMemory::Unavailable => None,
-            })
+            procs
+                .iter()
+                .find(|p| p.pid == self.pid)
+                .and_then(|p| match p.used_gpu_memory {
+                    UsedGpuMemory::Used(bytes) => Some(bytes),
+                    UsedGpuMemory::Unavailable => None,
+                })
         });
         Some(DeviceTelemetry {
             name: device.name().unwrap_or_else(|_| "unknown GPU".to_owned()),
@@ -120,8 +127,13 @@ mod tests {
     #[test]
     fn visible_devices_map_cuda_to_nvml_indices() {
         assert!(matches!(nvml_selector(None, 1), Some(Selector::Index(1))));
-        assert!(matches!(nvml_selector(Some("3,5"), 1), Some(Selector::Index(5))));
-        assert!(matches!(nvml_selector(Some("GPU-abc"), 0), Some(Selector::Uuid(u)) if u == "GPU-abc"));
+        assert!(matches!(
+            nvml_selector(Some("3,5"), 1),
+            Some(Selector::Index(5))
+        ));
+        assert!(
+            matches!(nvml_selector(Some("GPU-abc"), 0), Some(Selector::Uuid(u)) if u == "GPU-abc")
+        );
         assert!(nvml_selector(Some("3"), 1).is_none());
     }
 

@@ -35,6 +35,8 @@ impl ForwardFailure {
 /// What happened to a batch run through [`run_split`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct SplitOutcome {
+    /// Ranges that ran, in index order.
+    pub ran: Vec<Range<usize>>,
     /// Ranges that could not be run, with why; every other index succeeded.
     pub failed: Vec<(Range<usize>, ForwardFailure)>,
     /// Out-of-memory errors met (each one triggered a split or a failure).
@@ -51,10 +53,13 @@ pub(crate) fn run_split(
     mut on_oom: impl FnMut(),
 ) -> SplitOutcome {
     let mut outcome = SplitOutcome::default();
-    let mut stack = if n == 0 { Vec::new() } else { vec![0..n] };
+    let mut stack: Vec<Range<usize>> = Vec::new();
+    if n > 0 {
+        stack.push(0..n);
+    }
     while let Some(range) = stack.pop() {
         match forward(range.clone()) {
-            Ok(()) => {}
+            Ok(()) => outcome.ran.push(range),
             Err(ForwardFailure::OutOfMemory(message)) => {
                 outcome.oom_events += 1;
                 let len = range.len();
@@ -65,7 +70,9 @@ pub(crate) fn run_split(
                     stack.push(mid..range.end);
                     stack.push(range.start..mid);
                 } else {
-                    outcome.failed.push((range, ForwardFailure::OutOfMemory(message)));
+                    outcome
+                        .failed
+                        .push((range, ForwardFailure::OutOfMemory(message)));
                 }
             }
             Err(other) => outcome.failed.push((range, other)),
@@ -87,7 +94,10 @@ mod tests {
 
     #[test]
     fn classifies_torch_messages() {
-        assert!(matches!(ForwardFailure::classify(OOM.into()), ForwardFailure::OutOfMemory(_)));
+        assert!(matches!(
+            ForwardFailure::classify(OOM.into()),
+            ForwardFailure::OutOfMemory(_)
+        ));
         assert!(matches!(
             ForwardFailure::classify("Expected 4-dimensional input".into()),
             ForwardFailure::Other(_)
@@ -111,7 +121,12 @@ mod tests {
             || frees += 1,
         );
         assert!(outcome.failed.is_empty());
-        assert_eq!(ran, vec![0..2, 2..4, 4..6, 6..8], "every index once, in order");
+        assert_eq!(
+            ran,
+            vec![0..2, 2..4, 4..6, 6..8],
+            "every index once, in order"
+        );
+        assert_eq!(outcome.ran, ran);
         assert_eq!(outcome.oom_events, 3); // 0..8, 0..4, 4..8
         assert_eq!(frees, 3);
         assert_eq!(outcome.smallest_oom, Some(4));
@@ -122,7 +137,13 @@ mod tests {
     fn single_image_oom_fails_only_that_image() {
         let outcome = run_split(
             3,
-            |r| if r.contains(&1) { Err(ForwardFailure::OutOfMemory(OOM.into())) } else { Ok(()) },
+            |r| {
+                if r.contains(&1) {
+                    Err(ForwardFailure::OutOfMemory(OOM.into()))
+                } else {
+                    Ok(())
+                }
+            },
             || {},
         );
         assert_eq!(outcome.failed.len(), 1);
@@ -143,7 +164,10 @@ mod tests {
             || {},
         );
         assert_eq!(calls, 1);
-        assert_eq!(outcome.failed, vec![(0..4, ForwardFailure::Other("shape mismatch".into()))]);
+        assert_eq!(
+            outcome.failed,
+            vec![(0..4, ForwardFailure::Other("shape mismatch".into()))]
+        );
         assert_eq!(outcome.oom_events, 0);
         assert!(run_split(0, |_| Ok(()), || {}).failed.is_empty());
     }

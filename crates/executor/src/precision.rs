@@ -32,7 +32,11 @@ pub(crate) fn kind_of(precision: Precision) -> Kind {
 }
 
 /// How to run a file declared at `declared` (None: no metadata) at the concrete `requested`.
-pub(crate) fn mode_for(requested: Precision, declared: Option<Precision>, format: ModelFormat) -> Result<PrecisionMode, String> {
+pub(crate) fn mode_for(
+    requested: Precision,
+    declared: Option<Precision>,
+    format: ModelFormat,
+) -> Result<PrecisionMode, String> {
     match (format, declared) {
         (ModelFormat::Aotinductor, Some(d)) if d != requested => Err(format!(
             "the package was compiled at {d}; compile it again at {requested} to run it at {requested}"
@@ -51,7 +55,12 @@ pub(crate) fn mode_for(requested: Precision, declared: Option<Precision>, format
 ///
 /// `auto` on a GPU measures fp16, bf16 and fp32 (those the file can run at). On the CPU it stays
 /// fp32: reduced precision there is emulated and slower, and CPU autocast does not cover every op.
-pub(crate) fn candidates(requested: Precision, declared: Option<Precision>, format: ModelFormat, on_gpu: bool) -> Vec<Precision> {
+pub(crate) fn candidates(
+    requested: Precision,
+    declared: Option<Precision>,
+    format: ModelFormat,
+    on_gpu: bool,
+) -> Vec<Precision> {
     if requested != Precision::Auto {
         return vec![requested];
     }
@@ -82,10 +91,19 @@ mod tests {
     fn declared_files_run_natively_or_under_autocast() {
         let ts = ModelFormat::Torchscript;
         assert_eq!(mode_for(Fp16, Some(Fp16), ts), Ok(PrecisionMode::Native));
-        assert_eq!(mode_for(Fp16, Some(Fp32), ts), Ok(PrecisionMode::Autocast(Kind::Half)));
-        assert_eq!(mode_for(Bf16, Some(Fp32), ts), Ok(PrecisionMode::Autocast(Kind::BFloat16)));
+        assert_eq!(
+            mode_for(Fp16, Some(Fp32), ts),
+            Ok(PrecisionMode::Autocast(Kind::Half))
+        );
+        assert_eq!(
+            mode_for(Bf16, Some(Fp32), ts),
+            Ok(PrecisionMode::Autocast(Kind::BFloat16))
+        );
         assert!(mode_for(Fp32, Some(Fp16), ts).is_err());
-        assert_eq!(mode_for(Bf16, None, ts), Ok(PrecisionMode::CastWeights(Kind::BFloat16)));
+        assert_eq!(
+            mode_for(Bf16, None, ts),
+            Ok(PrecisionMode::CastWeights(Kind::BFloat16))
+        );
     }
 
     #[test]
@@ -99,7 +117,10 @@ mod tests {
     #[test]
     fn auto_candidates() {
         let ts = ModelFormat::Torchscript;
-        assert_eq!(candidates(Auto, Some(Fp32), ts, true), vec![Fp16, Bf16, Fp32]);
+        assert_eq!(
+            candidates(Auto, Some(Fp32), ts, true),
+            vec![Fp16, Bf16, Fp32]
+        );
         assert_eq!(candidates(Auto, None, ts, false), vec![Fp32]);
         assert_eq!(candidates(Auto, Some(Bf16), ts, true), vec![Bf16]);
         assert_eq!(candidates(Fp16, Some(Fp32), ts, false), vec![Fp16]);

@@ -35,7 +35,16 @@ impl Lru {
     /// Records a freshly loaded model (most recently used); returns its generation.
     pub fn insert(&mut self, name: &str, bytes: u64, pinned: bool) -> u64 {
         let last_used = self.tick();
-        self.entries.insert(name.to_owned(), Entry { generation: last_used, bytes, last_used, pinned, in_use: 0 });
+        self.entries.insert(
+            name.to_owned(),
+            Entry {
+                generation: last_used,
+                bytes,
+                last_used,
+                pinned,
+                in_use: 0,
+            },
+        );
         last_used
     }
 
@@ -62,7 +71,11 @@ impl Lru {
 
     /// Ends one [`Lru::acquire`] of that generation (a no-op if the model was reloaded since).
     pub fn release(&mut self, name: &str, generation: u64) {
-        if let Some(e) = self.entries.get_mut(name).filter(|e| e.generation == generation) {
+        if let Some(e) = self
+            .entries
+            .get_mut(name)
+            .filter(|e| e.generation == generation)
+        {
             e.in_use = e.in_use.saturating_sub(1);
         }
     }
@@ -128,21 +141,32 @@ mod tests {
         let mut l = lru(&[("a", 10, false), ("b", 10, false), ("c", 10, false)]);
         let g = l.acquire("a").unwrap();
         l.release("a", g);
-        assert_eq!(l.victims(15, 0, "x"), Some(vec!["b".to_owned(), "c".to_owned()]));
+        assert_eq!(
+            l.victims(15, 0, "x"),
+            Some(vec!["b".to_owned(), "c".to_owned()])
+        );
         assert_eq!(l.victims(5, 0, "x"), Some(vec!["b".to_owned()]));
         assert_eq!(l.victims(5, 5, "x"), Some(vec![]));
     }
 
     #[test]
     fn never_evicts_pinned_in_use_or_excluded() {
-        let mut l = lru(&[("pinned", 100, true), ("busy", 100, false), ("me", 100, false), ("idle", 10, false)]);
+        let mut l = lru(&[
+            ("pinned", 100, true),
+            ("busy", 100, false),
+            ("me", 100, false),
+            ("idle", 10, false),
+        ]);
         let g = l.acquire("busy").unwrap();
         assert!(!l.remove_if_idle("busy"));
         assert_eq!(l.victims(10, 0, "me"), Some(vec!["idle".to_owned()]));
         assert_eq!(l.victims(50, 0, "me"), None, "nothing evictable frees 50");
         l.release("busy", g);
         // idle is older than busy (just used), so it goes first, then busy.
-        assert_eq!(l.victims(50, 0, "me"), Some(vec!["idle".to_owned(), "busy".to_owned()]));
+        assert_eq!(
+            l.victims(50, 0, "me"),
+            Some(vec!["idle".to_owned(), "busy".to_owned()])
+        );
         l.set_pinned("busy", true);
         assert_eq!(l.victims(50, 0, "me"), None);
     }

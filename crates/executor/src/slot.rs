@@ -9,6 +9,7 @@ use crate::loader::{self, InUse, LoadFailure};
 use crate::oom::{self, ForwardFailure};
 use crate::staging::Stager;
 use crate::state::{ModelEntry, Shared};
+use crate::Inference;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +32,10 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
         done();
     }
     loop {
-        match entry.queue.wait_batch(|| (entry.batch_cap(), entry.max_queue_delay())) {
+        match entry
+            .queue
+            .wait_batch(|| (entry.batch_cap(), entry.max_queue_delay()))
+        {
             Next::Exit => break,
             Next::Batch => {
                 let _pass = shared.gate.enter();
@@ -52,7 +56,9 @@ fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
         return;
     }
     if let Ok(model) = loader::ensure_loaded(shared, entry) {
-        let result = stager.stage_synthetic(1).and_then(|()| stager.run(&model.resident.model, 0..1));
+        let result = stager
+            .stage_synthetic(1)
+            .and_then(|()| stager.run(&model.resident.model, 0..1));
         if let Err(e) = result {
             tracing::warn!(model = %entry.name, error = e.message(), "slot warm-up failed");
         }
@@ -60,7 +66,10 @@ fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
 }
 
 fn fail_all(entry: &ModelEntry, requests: Vec<Request>, error: &InferError) {
-    entry.stats.failed_total.fetch_add(requests.len() as u64, Ordering::Relaxed);
+    entry
+        .stats
+        .failed_total
+        .fetch_add(requests.len() as u64, Ordering::Relaxed);
     for r in requests {
         let _ = r.reply.send(Err(error.clone()));
     }
@@ -68,13 +77,19 @@ fn fail_all(entry: &ModelEntry, requests: Vec<Request>, error: &InferError) {
 
 /// Loads the model and admits as large a batch as memory allows, waiting (or failing the
 /// requests) when even one image does not fit.
-fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<(InUse<'a>, crate::admission::Reservation, Vec<Request>)> {
+fn admit<'a>(
+    shared: &'a Shared,
+    entry: &'a ModelEntry,
+) -> Option<(InUse<'a>, crate::admission::Reservation, Vec<Request>)> {
     let deadline = Instant::now() + shared.options.memory_wait;
     loop {
         let in_use = match loader::ensure_loaded(shared, entry) {
             Ok(m) => m,
             Err(failure) => {
-                let error = InferError::ModelNotReady { model: entry.name.clone(), reason: failure.reason().to_owned() };
+                let error = InferError::ModelNotReady {
+                    model: entry.name.clone(),
+                    reason: failure.reason().to_owned(),
+                };
                 let requests = match failure {
                     LoadFailure::Permanent(_) => entry.queue.take_all(),
                     LoadFailure::Transient(_) => entry.queue.take(entry.batch_cap()),
@@ -89,20 +104,25 @@ fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<(InUse<'a>, cr
         }
         let costs = entry.batch_costs(in_use.resident.model.precision, max_n, &shared.options);
         let cost = |n: usize| costs.get(n.saturating_sub(1)).copied().unwrap_or(u64::MAX);
-        if let Some((n, mut reservation)) = shared.ledger.reserve_largest(max_n, cost) {
-            let requests = entry.queue.take(n);
-            if requests.is_empty() {
-                return None;
+        // While this slot holds the model in use, nobody can unload it: try to admit, unloading
+        // idle models for room, until nothing more can be unloaded.
+        loop {
+            if let Some((n, mut reservation)) = shared.ledger.reserve_largest(max_n, cost) {
+                let requests = entry.queue.take(n);
+                if requests.is_empty() {
+                    return None;
+                }
+                if requests.len() < n {
+                    reservation.resize(cost(requests.len()));
+                }
+                return Some((in_use, reservation, requests));
             }
-            if requests.len() < n {
-                reservation.resize(cost(requests.len()));
+            if !loader::make_room(shared, cost(1), &entry.name) {
+                break;
             }
-            return Some((in_use, reservation, requests));
         }
+        // Wait without holding the model, so models waiting on each other cannot deadlock.
         drop(in_use);
-        if loader::make_room(shared, cost(1), &entry.name) {
-            continue;
-        }
         if Instant::now() >= deadline {
             let reason = format!(
                 "no memory for a batch of 1 ({} bytes) within {:?}: {} of {} budget bytes are reserved",
@@ -111,7 +131,10 @@ fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<(InUse<'a>, cr
                 shared.ledger.used(),
                 shared.ledger.budget()
             );
-            let error = InferError::ModelNotReady { model: entry.name.clone(), reason };
+            let error = InferError::ModelNotReady {
+                model: entry.name.clone(),
+                reason,
+            };
             fail_all(entry, entry.queue.take(entry.batch_cap()), &error);
             return None;
         }
@@ -120,31 +143,62 @@ fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<(InUse<'a>, cr
 }
 
 fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
-    let Some((in_use, _reservation, requests)) = admit(shared, entry) else { return };
+    let Some((in_use, _reservation, requests)) = admit(shared, entry) else {
+        return;
+    };
     let model = &in_use.resident.model;
     let n = requests.len();
     entry.stats.in_flight.fetch_add(n as u64, Ordering::Relaxed);
-    let staged = stager
-        .reserve(entry.batch_cap().max(n))
-        .and_then(|()| requests.iter().enumerate().try_for_each(|(i, r)| stager.stage(i, &r.image)));
+    let staged = stager.reserve(entry.batch_cap().max(n)).and_then(|()| {
+        requests
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, r)| stager.stage(i, &r.image))
+    });
     let outcome = match staged {
-        Ok(()) => oom::run_split(n, |range| stager.run(model, range), || shared.device.empty_cache()),
-        Err(e) => oom::SplitOutcome { failed: vec![(0..n, e)], ..Default::default() },
+        Ok(()) => oom::run_split(
+            n,
+            |range| stager.run(model, range),
+            || shared.device.empty_cache(),
+        ),
+        Err(e) => oom::SplitOutcome {
+            failed: vec![(0..n, e)],
+            ..Default::default()
+        },
     };
     if outcome.oom_events > 0 {
-        entry.stats.oom_events_total.fetch_add(u64::from(outcome.oom_events), Ordering::Relaxed);
+        entry
+            .stats
+            .oom_events_total
+            .fetch_add(u64::from(outcome.oom_events), Ordering::Relaxed);
         if let Some(at) = outcome.smallest_oom {
             entry.lower_cap_after_oom(at);
         }
         tracing::warn!(model = %entry.name, batch = n, events = outcome.oom_events, cap = entry.batch_cap(), "CUDA out of memory; split the batch and lowered the cap");
     }
-    let failure_of = |i: usize| outcome.failed.iter().find(|(r, _)| r.contains(&i)).map(|(_, f)| f);
+    let failure_of = |i: usize| {
+        outcome
+            .failed
+            .iter()
+            .find(|(r, _)| r.contains(&i))
+            .map(|(_, f)| f)
+    };
+    let batch_of = |i: usize| {
+        outcome
+            .ran
+            .iter()
+            .find(|r| r.contains(&i))
+            .map_or(n, |r| r.len())
+    };
     let mut latencies = Vec::with_capacity(n);
     let mut answers = Vec::with_capacity(n);
     for (i, request) in requests.into_iter().enumerate() {
         let answer = match failure_of(i) {
             Some(f) => Err(f.clone()),
-            None => stager.read(i),
+            None => stager.read(i).map(|logits| Inference {
+                logits,
+                batch_size: u32::try_from(batch_of(i)).unwrap_or(u32::MAX),
+            }),
         };
         let answer = answer.map_err(|f: ForwardFailure| InferError::Inference {
             model: entry.name.clone(),
@@ -160,7 +214,10 @@ fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     if failed > 0 {
         tracing::warn!(model = %entry.name, failed, "batch requests failed");
     }
-    entry.stats.failed_total.fetch_add(failed, Ordering::Relaxed);
+    entry
+        .stats
+        .failed_total
+        .fetch_add(failed, Ordering::Relaxed);
     entry.stats.record_answers(latencies);
     entry.stats.batches_total.fetch_add(1, Ordering::Relaxed);
     entry.stats.in_flight.fetch_sub(n as u64, Ordering::Relaxed);

@@ -36,7 +36,13 @@ impl Stager {
     /// Buffers for `height`×`width` images, on a stream the calling thread made current (`stream`
     /// is its raw handle, 0 on the CPU).
     pub fn new(device: ComputeDevice, stream: usize, height: usize, width: usize) -> Self {
-        Self { device, stream, height, width, buffers: None }
+        Self {
+            device,
+            stream,
+            height,
+            width,
+            buffers: None,
+        }
     }
 
     fn host_tensor(&self, shape: &[i64]) -> Result<Tensor, ForwardFailure> {
@@ -56,19 +62,28 @@ impl Stager {
         let (h, w) = (to_i64(self.height), to_i64(self.width));
         let input = self.host_tensor(&[to_i64(n), 3, h, w])?;
         let output = self.host_tensor(&[to_i64(n), h * w])?;
-        self.buffers = Some(Buffers { input, output, capacity: n });
+        self.buffers = Some(Buffers {
+            input,
+            output,
+            capacity: n,
+        });
         Ok(())
     }
 
     fn buffers(&mut self) -> Result<&mut Buffers, ForwardFailure> {
-        self.buffers.as_mut().ok_or_else(|| ForwardFailure::Other("staging buffers not allocated".into()))
+        self.buffers
+            .as_mut()
+            .ok_or_else(|| ForwardFailure::Other("staging buffers not allocated".into()))
     }
 
     /// Writes image `i` of the batch.
     pub fn stage(&mut self, i: usize, image: &[f32]) -> Result<(), ForwardFailure> {
         let len = 3 * self.height * self.width;
         if image.len() != len {
-            return Err(ForwardFailure::Other(format!("image has {} floats, expected {len}", image.len())));
+            return Err(ForwardFailure::Other(format!(
+                "image has {} floats, expected {len}",
+                image.len()
+            )));
         }
         let b = self.buffers()?;
         cuda::write_f32(&mut b.input, i * len, image).map_err(other)
@@ -100,11 +115,16 @@ impl Stager {
         let (start, len) = (to_i64(range.start), to_i64(range.len()));
         let b = self.buffers()?;
         if range.end > b.capacity {
-            return Err(ForwardFailure::Other(format!("range {range:?} beyond staged capacity {}", b.capacity)));
+            return Err(ForwardFailure::Other(format!(
+                "range {range:?} beyond staged capacity {}",
+                b.capacity
+            )));
         }
         let host_in = b.input.f_narrow(0, start, len).map_err(other)?;
         let input = if device.is_cuda() {
-            host_in.f_to_device_(device.tch(), Kind::Float, true, false).map_err(other)?
+            host_in
+                .f_to_device_(device.tch(), Kind::Float, true, false)
+                .map_err(other)?
         } else {
             host_in
         };
@@ -118,14 +138,20 @@ impl Stager {
         }
         let flat = out.f_reshape([len, to_i64(h * w)]).map_err(other)?;
         let mut host_out = b.output.f_narrow(0, start, len).map_err(other)?;
-        cuda::tensor_copy(&mut host_out, &flat, device.is_cuda()).map_err(|e| ForwardFailure::classify(e.to_string()))?;
-        device.synchronize().map_err(|e| ForwardFailure::classify(e.to_string()))
+        cuda::tensor_copy(&mut host_out, &flat, device.is_cuda())
+            .map_err(|e| ForwardFailure::classify(e.to_string()))?;
+        device
+            .synchronize()
+            .map_err(|e| ForwardFailure::classify(e.to_string()))
     }
 
     /// Copies the logits of image `i` (after [`Stager::run`]).
     pub fn read(&self, i: usize) -> Result<Vec<f32>, ForwardFailure> {
         let len = self.height * self.width;
-        let b = self.buffers.as_ref().ok_or_else(|| ForwardFailure::Other("staging buffers not allocated".into()))?;
+        let b = self
+            .buffers
+            .as_ref()
+            .ok_or_else(|| ForwardFailure::Other("staging buffers not allocated".into()))?;
         let mut out = vec![0f32; len];
         cuda::read_f32(&b.output, i * len, &mut out).map_err(other)?;
         Ok(out)

@@ -31,7 +31,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
         let started = Instant::now();
         match calibrate(&shared, entry, stream) {
-            Ok(()) => tracing::info!(model = %entry.name, precision = %entry.target_precision(), elapsed = ?started.elapsed(), "model calibrated"),
+            Ok(()) => {
+                tracing::info!(model = %entry.name, precision = %entry.target_precision(), elapsed = ?started.elapsed(), "model calibrated")
+            }
             Err(reason) => fail_model(entry, reason),
         }
     }
@@ -59,7 +61,10 @@ fn fail_model(entry: &ModelEntry, reason: String) {
     tracing::error!(model = %entry.name, %reason, "model failed");
     entry.set_state(ModelState::Failed, Some(reason.clone()));
     entry.queue.close(); // no slot will ever serve it: refuse new requests, answer queued ones
-    let error = InferError::ModelNotReady { model: entry.name.clone(), reason };
+    let error = InferError::ModelNotReady {
+        model: entry.name.clone(),
+        reason,
+    };
     for r in entry.queue.take_all() {
         let _ = r.reply.send(Err(error.clone()));
     }
@@ -108,7 +113,12 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
     entry.runtime.lock().facts = facts.clone();
     entry.refresh_cached_settings();
     let requested = entry.settings.read().precision;
-    let candidates = precision::candidates(requested, facts.precision, entry.source.format, shared.device.is_cuda());
+    let candidates = precision::candidates(
+        requested,
+        facts.precision,
+        entry.source.format,
+        shared.device.is_cuda(),
+    );
     let mut stager = Stager::new(shared.device, stream, entry.height, entry.width);
     let mut points: Vec<ProfilePoint> = Vec::new();
     let mut kept: Option<Arc<Resident>> = None;
@@ -132,7 +142,12 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
         shared.device.empty_cache();
     }
     let weights = entry.runtime.lock().weights.clone();
-    let Some(best) = calibration::choose(&points, &weights, shared.ledger.budget(), shared.options.peak_headroom) else {
+    let Some(best) = calibration::choose(
+        &points,
+        &weights,
+        shared.ledger.budget(),
+        shared.options.peak_headroom,
+    ) else {
         return Err(if errors.is_empty() {
             "no precision fits a batch of 1 in the memory budget".to_owned()
         } else {
@@ -159,19 +174,38 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
 }
 
 /// Measures batch sizes 1, 2, 4, … up to the cap while they fit in the budget.
-fn measure_sizes(shared: &Shared, entry: &ModelEntry, stager: &mut Stager, resident: &Resident) -> Result<Vec<ProfilePoint>, String> {
+fn measure_sizes(
+    shared: &Shared,
+    entry: &ModelEntry,
+    stager: &mut Stager,
+    resident: &Resident,
+) -> Result<Vec<ProfilePoint>, String> {
     let model = &resident.model;
-    let cap = entry.settings.read().max_batch.min(model.max_batch.unwrap_or(usize::MAX));
+    let cap = entry
+        .settings
+        .read()
+        .max_batch
+        .min(model.max_batch.unwrap_or(usize::MAX));
     let mut measured: Vec<ProfilePoint> = Vec::new();
     for n in batch_sizes(cap) {
         let estimate = entry.estimated_peak(n, &shared.options);
-        let predicted = with_headroom(predict_next(&measured, n, estimate), shared.options.peak_headroom);
+        let predicted = with_headroom(
+            predict_next(&measured, n, estimate),
+            shared.options.peak_headroom,
+        );
         let Some(_room) = shared.ledger.try_reserve(predicted) else {
             tracing::info!(model = %entry.name, batch = n, predicted, "calibration stops: the next batch size would not fit the budget");
             break;
         };
         shared.peak_reserved(); // remember the high-water mark before measure() resets it
-        match calibration::measure(stager, model, shared.device, n, shared.options.calibration, estimate) {
+        match calibration::measure(
+            stager,
+            model,
+            shared.device,
+            n,
+            shared.options.calibration,
+            estimate,
+        ) {
             Ok(point) => measured.push(point),
             Err(ForwardFailure::OutOfMemory(m)) => {
                 tracing::info!(model = %entry.name, batch = n, error = %m, "calibration stops at out of memory");

@@ -109,7 +109,12 @@ impl ModelEntry {
             let rt = self.runtime.lock();
             (rt.oom_cap, rt.facts.max_batch)
         };
-        let cap = [Some(s.max_batch), oom_cap, file_cap].into_iter().flatten().min().unwrap_or(1).max(1);
+        let cap = [Some(s.max_batch), oom_cap, file_cap]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(1)
+            .max(1);
         self.batch_cap.store(cap, Ordering::Relaxed);
         let us = u64::try_from(s.max_queue_delay.as_micros()).unwrap_or(u64::MAX);
         self.delay_us.store(us, Ordering::Relaxed);
@@ -147,7 +152,12 @@ impl ModelEntry {
 
     /// Ledger bytes for batches of 1..=max_n at `precision`: measured peaks (plus headroom) where
     /// calibration has them, else the estimate.
-    pub fn batch_costs(&self, precision: Precision, max_n: usize, options: &EngineOptions) -> Vec<u64> {
+    pub fn batch_costs(
+        &self,
+        precision: Precision,
+        max_n: usize,
+        options: &EngineOptions,
+    ) -> Vec<u64> {
         let rt = self.runtime.lock();
         (1..=max_n)
             .map(|n| match calibration::peak_for(&rt.profile, precision, n) {
@@ -159,7 +169,9 @@ impl ModelEntry {
 
     /// Peak bytes assumed for a batch of `n` before anything was measured.
     pub fn estimated_peak(&self, n: usize, options: &EngineOptions) -> u64 {
-        let per_image = options.activation_bytes_per_image.unwrap_or(64 * 4 * self.image_len() as u64);
+        let per_image = options
+            .activation_bytes_per_image
+            .unwrap_or(64 * 4 * self.image_len() as u64);
         per_image.saturating_mul(n as u64)
     }
 
@@ -211,7 +223,9 @@ impl Shared {
     /// The allocator's peak reserved bytes since start (folding in peaks from before resets).
     pub fn peak_reserved(&self) -> u64 {
         let now = self.device.allocator_stats().map_or(0, |s| s.peak_reserved);
-        self.peak_reserved_seen.fetch_max(now, Ordering::Relaxed).max(now)
+        self.peak_reserved_seen
+            .fetch_max(now, Ordering::Relaxed)
+            .max(now)
     }
 
     /// Whether shutdown has begun.
@@ -220,8 +234,17 @@ impl Shared {
     }
 
     /// Starts a named engine thread that shutdown will wait for; refused once shutdown has begun.
-    pub fn spawn(&self, name: String, body: impl FnOnce() + Send + 'static) -> Result<(), EngineError> {
-        let token = self.thread_token.lock().as_ref().cloned().ok_or(EngineError::ShuttingDown)?;
+    pub fn spawn(
+        &self,
+        name: String,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let token = self
+            .thread_token
+            .lock()
+            .as_ref()
+            .cloned()
+            .ok_or(EngineError::ShuttingDown)?;
         std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {

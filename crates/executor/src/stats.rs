@@ -68,12 +68,19 @@ pub(crate) struct LatencyWindow {
 
 impl LatencyWindow {
     pub fn new(span: Duration) -> Self {
-        Self { span, started: Instant::now(), samples: VecDeque::new() }
+        Self {
+            span,
+            started: Instant::now(),
+            samples: VecDeque::new(),
+        }
     }
 
     fn evict(&mut self, now: Instant) {
         while self.samples.len() > WINDOW_CAPACITY
-            || self.samples.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.span)
+            || self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.span)
         {
             self.samples.pop_front();
         }
@@ -87,10 +94,21 @@ impl LatencyWindow {
     /// (p50 ms, p99 ms, completions per second) of the samples still in the window.
     pub fn summary(&mut self, now: Instant) -> (f64, f64, f64) {
         self.evict(now);
-        let mut ms: Vec<f64> = self.samples.iter().map(|(_, l)| l.as_secs_f64() * 1e3).collect();
+        let mut ms: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|(_, l)| l.as_secs_f64() * 1e3)
+            .collect();
         ms.sort_by(f64::total_cmp);
-        let elapsed = now.saturating_duration_since(self.started).min(self.span).as_secs_f64();
-        let rate = if elapsed > 0.0 { ms.len() as f64 / elapsed } else { 0.0 };
+        let elapsed = now
+            .saturating_duration_since(self.started)
+            .min(self.span)
+            .as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            ms.len() as f64 / elapsed
+        } else {
+            0.0
+        };
         (percentile(&ms, 0.50), percentile(&ms, 0.99), rate)
     }
 }

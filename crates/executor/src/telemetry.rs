@@ -3,7 +3,9 @@
 //! latency window and calibrated profile.
 
 use crate::state::{ModelEntry, Shared};
-use gpupool_api::telemetry::{AllocatorTelemetry, ModelState, ModelTelemetry, TelemetryReport, TELEMETRY_KIND};
+use gpupool_api::telemetry::{
+    AllocatorTelemetry, ModelState, ModelTelemetry, TelemetryReport, TELEMETRY_KIND,
+};
 use gpupool_api::{Precision, API_VERSION};
 use std::sync::atomic::Ordering;
 
@@ -21,7 +23,8 @@ pub(crate) fn model_is_ready(shared: &Shared, entry: &ModelEntry) -> bool {
 
 /// Whether the engine is ready: start-up finished and every model ready.
 pub(crate) fn engine_is_ready(shared: &Shared) -> bool {
-    shared.startup_done.load(Ordering::SeqCst) && shared.models.iter().all(|m| model_is_ready(shared, m))
+    shared.startup_done.load(Ordering::SeqCst)
+        && shared.models.iter().all(|m| model_is_ready(shared, m))
 }
 
 fn model_telemetry(entry: &ModelEntry) -> ModelTelemetry {
@@ -34,7 +37,13 @@ fn model_telemetry(entry: &ModelEntry) -> ModelTelemetry {
             .map(|r| r.model.weights_bytes)
             .or_else(|| rt.weights.values().copied().max())
             .unwrap_or(0);
-        (rt.state, rt.reason.clone(), rt.profile.clone(), weights, rt.chosen)
+        (
+            rt.state,
+            rt.reason.clone(),
+            rt.profile.clone(),
+            weights,
+            rt.chosen,
+        )
     };
     let precision = match settings.precision {
         Precision::Auto => chosen.unwrap_or(Precision::Auto),

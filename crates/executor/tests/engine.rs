@@ -10,9 +10,14 @@ use gpupool_executor::{Engine, InferError, ManualProbe};
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn started(config: gpupool_api::sidecar::SidecarConfig, options: gpupool_executor::EngineOptions) -> Engine {
+async fn started(
+    config: gpupool_api::sidecar::SidecarConfig,
+    options: gpupool_executor::EngineOptions,
+) -> Engine {
     let engine = Engine::start(config, options).unwrap();
-    tokio::time::timeout(Duration::from_secs(120), engine.started()).await.expect("start-up took too long");
+    tokio::time::timeout(Duration::from_secs(120), engine.started())
+        .await
+        .expect("start-up took too long");
     engine
 }
 
@@ -27,7 +32,11 @@ async fn results_match_the_module_run_directly() {
     for (got, want) in answers.into_iter().zip(&expected) {
         let got = got.unwrap();
         assert_eq!(got.len(), (SIZE * SIZE) as usize);
-        assert!(max_abs_diff(&got, want) < 1e-4, "differs by {}", max_abs_diff(&got, want));
+        assert!(
+            max_abs_diff(&got, want) < 1e-4,
+            "differs by {}",
+            max_abs_diff(&got, want)
+        );
     }
     engine.shutdown().await;
 }
@@ -45,9 +54,27 @@ async fn concurrent_requests_share_batches() {
     let t = engine.telemetry();
     let unet = &t.models[0];
     assert_eq!(unet.images_total, u64::from(n));
-    assert!(unet.batches_total < unet.images_total, "{} batches for {} images", unet.batches_total, unet.images_total);
+    assert!(
+        unet.batches_total < unet.images_total,
+        "{} batches for {} images",
+        unet.batches_total,
+        unet.images_total
+    );
     assert!(unet.latency_p50_ms > 0.0 && unet.latency_p99_ms >= unet.latency_p50_ms);
     assert!(unet.images_per_second > 0.0);
+    // The answer says how large a batch it ran in.
+    let e = engine.clone();
+    let detailed: Vec<_> = (0..8)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move { e.infer_detailed("unet", image(i)).await })
+        })
+        .collect();
+    let mut largest = 0;
+    for d in detailed {
+        largest = largest.max(d.await.unwrap().unwrap().batch_size);
+    }
+    assert!(largest > 1, "eight concurrent requests ran one at a time");
     engine.shutdown().await;
 }
 
@@ -70,7 +97,10 @@ async fn missing_and_corrupt_files_fail_only_their_model() {
         let m = t.models.iter().find(|m| m.name == name).unwrap();
         assert_eq!(m.state, ModelState::Failed);
         let reason = m.reason.clone().unwrap();
-        assert!(reason.contains(&path.display().to_string()), "{name}: {reason}");
+        assert!(
+            reason.contains(&path.display().to_string()),
+            "{name}: {reason}"
+        );
         let err = engine.infer(name, image(0)).await.unwrap_err();
         assert!(matches!(err, InferError::ModelNotReady { .. }), "{err:?}");
         assert_eq!(err.http_status(), 503);
@@ -108,7 +138,10 @@ async fn full_queue_is_refused_with_429() {
     let second = tokio::spawn(async move { b.infer("unet", image(1)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err = engine.infer("unet", image(2)).await.unwrap_err();
-    assert!(matches!(err, InferError::QueueFull { depth: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, InferError::QueueFull { depth: 2, .. }),
+        "{err:?}"
+    );
     assert_eq!(err.http_status(), 429);
     assert!(first.await.unwrap().is_ok() && second.await.unwrap().is_ok());
     assert_eq!(engine.telemetry().models[0].rejected_total, 1);
@@ -126,10 +159,16 @@ async fn circuit_breaker_refuses_work_while_memory_is_high() {
     let engine = started(config(vec![model_config("unet", &path)]), opts).await;
     let err = engine.infer("unet", image(0)).await.unwrap_err();
     assert!(matches!(err, InferError::CircuitOpen { .. }), "{err:?}");
-    assert_eq!((err.http_status(), err.retry_after()), (503, Some(Duration::from_secs(3))));
+    assert_eq!(
+        (err.http_status(), err.retry_after()),
+        (503, Some(Duration::from_secs(3)))
+    );
     let t = engine.telemetry();
     assert!(t.circuit_open);
-    assert_eq!(t.device.unwrap().used_bytes, (0.99 * (80u64 << 30) as f64) as u64);
+    assert_eq!(
+        t.device.unwrap().used_bytes,
+        (0.99 * (80u64 << 30) as f64) as u64
+    );
     probe.set_used_fraction(0.5, 80 << 30);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(engine.infer("unet", image(0)).await.is_ok());
@@ -145,10 +184,16 @@ async fn telemetry_has_the_calibrated_profile() {
     assert!(t.ready && !t.circuit_open && t.device.is_none());
     assert_eq!(t.allocator.budget_bytes, 4 << 30);
     let m = &t.models[0];
-    assert_eq!((m.state, m.precision, m.batch_cap, m.slots), (ModelState::Ready, Precision::Fp32, 8, 2));
+    assert_eq!(
+        (m.state, m.precision, m.batch_cap, m.slots),
+        (ModelState::Ready, Precision::Fp32, 8, 2)
+    );
     let sizes: Vec<u32> = m.profile.iter().map(|p| p.batch_size).collect();
     assert_eq!(sizes, vec![1, 2, 4, 8]);
-    assert!(m.profile.iter().all(|p| p.latency_ms > 0.0 && p.peak_bytes > 0));
+    assert!(m
+        .profile
+        .iter()
+        .all(|p| p.latency_ms > 0.0 && p.peak_bytes > 0));
     assert_eq!(m.weights_bytes, 486_553 * 4, "parameters × 4 bytes");
     assert!(t.allocator.admitted_bytes >= m.weights_bytes);
     engine.shutdown().await;
@@ -161,11 +206,15 @@ async fn cancelled_requests_are_dropped_before_running() {
     m.max_queue_delay_ms = 300;
     m.slots = 1;
     let engine = started(config(vec![m]), options()).await;
-    let gone = tokio::time::timeout(Duration::from_millis(20), engine.infer("unet", image(0))).await;
+    let gone =
+        tokio::time::timeout(Duration::from_millis(20), engine.infer("unet", image(0))).await;
     assert!(gone.is_err(), "the caller gave up");
     assert!(engine.infer("unet", image(1)).await.is_ok());
     let t = engine.telemetry();
-    assert_eq!((t.models[0].images_total, t.models[0].batches_total), (1, 1));
+    assert_eq!(
+        (t.models[0].images_total, t.models[0].batches_total),
+        (1, 1)
+    );
     engine.shutdown().await;
 }
 
@@ -185,14 +234,21 @@ async fn shutdown_drains_queued_requests() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let start = std::time::Instant::now();
     engine.shutdown().await;
-    assert!(start.elapsed() < Duration::from_secs(4), "shutdown does not wait out the queue delay");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "shutdown does not wait out the queue delay"
+    );
     for p in pending {
         assert!(p.await.unwrap().is_ok());
     }
 }
 
 /// Sends all images at once (one task each) and returns the answers in order.
-async fn infer_all(engine: &Engine, model: &str, images: Vec<Vec<f32>>) -> Vec<Result<Vec<f32>, InferError>> {
+async fn infer_all(
+    engine: &Engine,
+    model: &str,
+    images: Vec<Vec<f32>>,
+) -> Vec<Result<Vec<f32>, InferError>> {
     let handles: Vec<_> = images
         .into_iter()
         .map(|im| {

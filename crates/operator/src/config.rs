@@ -17,12 +17,14 @@ pub enum LogFormat {
     Text,
 }
 
-/// Command line of `gpupool-operator`; every flag can also come from the environment.
+/// Command line of `gpupool-operator`; every flag can also come from the environment, and a flag
+/// given twice takes the last value.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gpupool-operator",
     version,
-    about = "Runs InferencePools on GPU nodes"
+    about = "Runs InferencePools on GPU nodes",
+    args_override_self = true
 )]
 pub struct Args {
     /// Watch only this namespace (all namespaces when absent).

@@ -6,17 +6,18 @@
 //! spec is invalid or does not fit) become a status condition and wait for a spec change;
 //! transient ones requeue with a backoff that grows per pool.
 
+use crate::autoscale;
 use crate::compat::Compat;
 use crate::error::{chain, Error, Severity};
 use crate::events::{self, ReplicaChange};
 use crate::metrics::Metrics;
 use crate::resources::{self, PodDefaults, FIELD_MANAGER, POOL_LABEL};
-use crate::state::{CachedTelemetry, PoolKey, Registry};
-use crate::status::{self, Observation, TelemetryView, Unschedulable};
-use crate::telemetry::{self, Collector};
+use crate::state::{PoolKey, Registry};
+use crate::status::{self, Observation, TelemetryView};
+use crate::telemetry::{self, Collector, Telemetry};
 use futures::StreamExt;
 use gpupool_api::{InferencePool, PoolPlan};
-use gpupool_planner::{decide_replicas, plan_pool, MeasuredProfiles, PlanError, PodSample};
+use gpupool_planner::{plan_pool, MeasuredProfiles, PlanError};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -28,7 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -197,14 +198,6 @@ struct PoolReconciler<'a> {
     namespace: String,
 }
 
-/// Telemetry as one reconcile uses it.
-struct Telemetry {
-    view: TelemetryView,
-    samples: Vec<PodSample>,
-    /// Collected in this reconcile (not taken from the cache).
-    fresh: bool,
-}
-
 /// What the reconcile read from the cluster before deciding anything.
 struct Observed {
     deployment: Option<Deployment>,
@@ -254,7 +247,7 @@ impl<'a> PoolReconciler<'a> {
             }
         };
         let replica_change =
-            replica_change(observed.deployment.as_ref(), deployment.as_ref(), scaled);
+            events::replica_change(observed.deployment.as_ref(), deployment.as_ref(), scaled);
         let view = telemetry.as_ref().map(|t| &t.view);
         self.update_status(
             &planned,
@@ -294,63 +287,33 @@ impl<'a> PoolReconciler<'a> {
         Ok(Observed { deployment, pods })
     }
 
-    /// Telemetry from the ready pods: collected when the last collection is older than the
-    /// interval or the set of ready pods changed, otherwise the cached one.
     async fn collect_telemetry(&self, pods: &[Pod]) -> Option<Telemetry> {
-        let ready = telemetry::ready_pods(pods, self.ctx.sidecar_port);
-        let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
-        if ready.is_empty() {
-            self.ctx.memory.with(&self.key, |m| m.telemetry = None);
-            return None;
-        }
-        let interval = self.ctx.telemetry_interval;
-        let (cached, previous) = self.ctx.memory.with(&self.key, |m| {
-            let cached = m
-                .telemetry
-                .as_ref()
-                .filter(|t| t.pods == names && t.at.elapsed() < interval);
-            let previous = m
-                .telemetry
-                .as_ref()
-                .map(|t| t.reports.clone())
-                .unwrap_or_default();
-            (
-                cached.map(|t| Telemetry {
-                    view: t.view.clone(),
-                    samples: t.samples.clone(),
-                    fresh: false,
-                }),
-                previous,
-            )
-        });
-        if cached.is_some() {
-            return cached;
-        }
-        let collection = self.ctx.collector.collect(&ready).await;
-        self.ctx
-            .metrics
-            .telemetry_errors
-            .inc_by(u64::try_from(collection.failed.len()).unwrap_or(0));
-        let view = telemetry::summarise(&collection, &status::now_rfc3339());
-        let samples = telemetry::samples(&collection, &previous);
-        self.ctx.memory.with(&self.key, |m| {
-            if !collection.reports.is_empty() {
-                let reports: Vec<_> = collection.reports.iter().map(|(_, r)| r.clone()).collect();
-                m.measured = Some(MeasuredProfiles::from_reports(&reports));
-            }
-            m.telemetry = Some(CachedTelemetry {
-                at: Instant::now(),
-                pods: names,
-                view: view.clone(),
-                reports: collection.reports,
-                samples: samples.clone(),
-            });
-        });
-        Some(Telemetry {
-            view,
-            samples,
-            fresh: true,
-        })
+        let ctx = self.ctx;
+        let ready = telemetry::ready_pods(pods, ctx.sidecar_port);
+        let latest = ctx
+            .collector
+            .latest(&ctx.memory, &self.key, &ready, ctx.telemetry_interval)
+            .await?;
+        let failed = u64::try_from(latest.failed).unwrap_or(0);
+        ctx.metrics.telemetry_errors.inc_by(failed);
+        Some(latest)
+    }
+
+    async fn autoscale(
+        &self,
+        deployment: Option<&Deployment>,
+        telemetry: Option<&Telemetry>,
+    ) -> Result<Option<ReplicaChange>, Error> {
+        let api = self.api::<InferencePool>();
+        autoscale::autoscale(
+            &api,
+            self.pool,
+            deployment,
+            telemetry,
+            &self.ctx.memory,
+            &self.key,
+        )
+        .await
     }
 
     /// Measurements for the planner: the latest from telemetry, or (after a restart of the
@@ -376,54 +339,6 @@ impl<'a> PoolReconciler<'a> {
             .memory
             .with(&self.key, |m| m.measured = Some(measured.clone()));
         measured
-    }
-
-    /// Asks the planner for a replica count and writes it through the scale subresource.
-    ///
-    /// Decided on fresh telemetry (a cached sample must not count twice) or, with no pod
-    /// reporting, on the bounds alone (`minReplicas`/`maxReplicas` are enforced at once).
-    async fn autoscale(
-        &self,
-        deployment: Option<&Deployment>,
-        telemetry: Option<&Telemetry>,
-    ) -> Result<Option<ReplicaChange>, Error> {
-        if !self.pool.spec.scaling.enabled || telemetry.is_some_and(|t| !t.fresh) {
-            return Ok(None);
-        }
-        let ready = deployment
-            .and_then(|d| d.status.as_ref())
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        let samples = telemetry.map(|t| t.samples.clone()).unwrap_or_default();
-        let stabilization = self.ctx.memory.with(&self.key, |m| m.stabilization);
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let input = telemetry::scaling_input(self.pool, ready, samples, stabilization, now_s);
-        let decision = decide_replicas(&input);
-        self.ctx
-            .memory
-            .with(&self.key, |m| m.stabilization = decision.stabilization);
-        let from = self.pool.spec.replicas;
-        if decision.replicas == from {
-            tracing::debug!(reason = %decision.reason, "replicas held");
-            return Ok(None);
-        }
-        let patch = serde_json::json!({ "spec": { "replicas": decision.replicas } });
-        let params = PatchParams {
-            field_manager: Some(telemetry::AUTOSCALER_FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        self.api::<InferencePool>()
-            .patch_scale(&self.name, &params, &Patch::Merge(&patch))
-            .await
-            .map_err(Error::Scale)?;
-        tracing::info!(from, to = decision.replicas, reason = %decision.reason, "autoscaled the pool");
-        Ok(Some(ReplicaChange {
-            from,
-            to: decision.replicas,
-            why: Some(decision.reason),
-        }))
     }
 
     async fn apply_children(
@@ -490,7 +405,7 @@ impl<'a> PoolReconciler<'a> {
         replica_change: Option<ReplicaChange>,
     ) -> Result<(), Error> {
         let now = status::now_rfc3339();
-        let unschedulable = unschedulable(pods);
+        let unschedulable = status::unschedulable(pods);
         // What this process wrote last is fresher than the watch cache, which may lag behind it.
         let previous = self
             .ctx
@@ -523,41 +438,5 @@ impl<'a> PoolReconciler<'a> {
             .with(&self.key, |m| m.last_status = Some(next.clone()));
         events::publish(&self.ctx.recorder, self.pool, &events).await;
         Ok(())
-    }
-}
-
-fn replica_change(
-    before: Option<&Deployment>,
-    after: Option<&Deployment>,
-    scaled: Option<ReplicaChange>,
-) -> Option<ReplicaChange> {
-    let replicas =
-        |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
-    let (from, to) = (replicas(before)?, replicas(after)?);
-    (from != to).then(|| ReplicaChange {
-        from,
-        to,
-        why: scaled.and_then(|s| s.why),
-    })
-}
-
-/// Pods the scheduler marked unschedulable, and its message for the first of them.
-pub fn unschedulable(pods: &[Pod]) -> Unschedulable {
-    let messages: Vec<Option<String>> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let status = p.status.as_ref()?;
-            let condition = status.conditions.iter().flatten().find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })?;
-            Some(condition.message.clone())
-        })
-        .collect();
-    Unschedulable {
-        pods: u32::try_from(messages.len()).unwrap_or(u32::MAX),
-        message: messages.into_iter().flatten().next(),
     }
 }

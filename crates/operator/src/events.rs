@@ -5,6 +5,7 @@ use crate::status::condition;
 use gpupool_api::quantity::format_bytes;
 use gpupool_api::status::ConditionType;
 use gpupool_api::{ConditionStatus, InferencePool, InferencePoolStatus, PoolPlan};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Resource;
 
@@ -92,6 +93,23 @@ pub fn diff(
         });
     }
     events
+}
+
+/// The replica change between the Deployment before and after a reconcile, with the
+/// autoscaler's reason when it made it.
+pub fn replica_change(
+    before: Option<&Deployment>,
+    after: Option<&Deployment>,
+    scaled: Option<ReplicaChange>,
+) -> Option<ReplicaChange> {
+    let replicas =
+        |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
+    let (from, to) = (replicas(before)?, replicas(after)?);
+    (from != to).then(|| ReplicaChange {
+        from,
+        to,
+        why: scaled.and_then(|s| s.why),
+    })
 }
 
 /// One sentence describing a plan: per model precision, batch and slots, then memory use.

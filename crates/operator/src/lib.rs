@@ -7,12 +7,13 @@
 //! - [`resources`]: the children (ConfigMap, Deployment, Service, PDB), built purely from a plan;
 //! - [`status`]: status and conditions rebuilt from what was observed;
 //! - [`events`]: events, only for what changed;
-//! - [`telemetry`]: the pods' telemetry, its summary and the autoscaler's input;
+//! - [`telemetry`]: the pods' telemetry and its summary; [`autoscale`]: replicas from it;
 //! - [`leader`]: leader election on a Lease;
 //! - [`compat`]: discovery and fallbacks for older API servers;
 //! - [`metrics`] and [`http`]: Prometheus metrics and the health/metrics server;
 //! - [`state`]: what is remembered per pool between reconciles; [`error`]: the error type.
 
+pub mod autoscale;
 pub mod compat;
 pub mod config;
 pub mod controller;

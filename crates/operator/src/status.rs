@@ -14,6 +14,7 @@ use gpupool_api::{
 };
 use gpupool_planner::PlanError;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -272,6 +273,27 @@ fn plan_feasible(obs: &Observation<'_>) -> Wanted {
             (t, True, "PlanFits", msg)
         }
         Err(e) => (t, False, e.reason(), e.to_string()),
+    }
+}
+
+/// Pods the scheduler marked unschedulable, and its message for the first of them.
+pub fn unschedulable(pods: &[Pod]) -> Unschedulable {
+    let messages: Vec<Option<String>> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let condition = status.conditions.iter().flatten().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })?;
+            Some(condition.message.clone())
+        })
+        .collect();
+    Unschedulable {
+        pods: u32::try_from(messages.len()).unwrap_or(u32::MAX),
+        message: messages.into_iter().flatten().next(),
     }
 }
 

@@ -1,18 +1,16 @@
 //! Telemetry from the pool's pods: each ready pod's `GET /v1/telemetry` with a short timeout,
-//! summarised for status, merged into measured profiles for the planner, and fed to the
-//! planner's replica decision.
+//! summarised for status, merged into measured profiles for the planner, and turned into the
+//! samples the autoscaler ([`crate::autoscale`]) decides replicas from.
 
+use crate::state::{CachedTelemetry, PoolKey, Registry};
 use crate::status::TelemetryView;
 use gpupool_api::telemetry::{ModelState, TelemetryReport, TELEMETRY_KIND};
-use gpupool_api::{InferencePool, TelemetrySummary};
-use gpupool_planner::{PodSample, ScalingInput, ScalingThresholds, Stabilization};
+use gpupool_api::TelemetrySummary;
+use gpupool_planner::{MeasuredProfiles, PodSample};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Field manager of the autoscaler's writes of `spec.replicas` (through the scale subresource),
-/// apart from the operator's own so that `managedFields` shows who changed replicas.
-pub const AUTOSCALER_FIELD_MANAGER: &str = "gpupool-autoscaler";
 /// Most pods asked at once.
 const CONCURRENCY: usize = 16;
 /// Most problems listed in the Degraded message.
@@ -231,56 +229,80 @@ pub fn summarise(collection: &Collection, now: &str) -> TelemetryView {
     }
 }
 
-/// The planner's view of each report; requests refused are counted since the same pod's
-/// previous report (`previous`), or as none for a pod seen for the first time.
-pub fn samples(collection: &Collection, previous: &[(String, TelemetryReport)]) -> Vec<PodSample> {
-    let rejected = |r: &TelemetryReport| {
-        r.models
-            .iter()
-            .fold(0u64, |n, m| n.saturating_add(m.rejected_total))
-    };
-    collection
-        .reports
-        .iter()
-        .map(|(pod, report)| {
-            let before = previous
-                .iter()
-                .find(|(p, _)| p == pod)
-                .map(|(_, r)| rejected(r));
-            PodSample {
-                memory_used_fraction: report.device.as_ref().map_or(0.0, |d| d.used_fraction()),
-                queue_depth: report
-                    .models
-                    .iter()
-                    .fold(0u32, |n, m| n.saturating_add(m.queue_depth)),
-                // A restarted pod's counter starts again from zero: count nothing then.
-                rejects_delta: before.map_or(0, |b| rejected(report).saturating_sub(b)),
-                circuit_open: report.circuit_open,
-            }
-        })
-        .collect()
+/// Telemetry as one reconcile uses it.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// The summary for status.
+    pub view: TelemetryView,
+    /// The planner's view of each report.
+    pub samples: Vec<PodSample>,
+    /// Collected in this reconcile (not taken from the cache).
+    pub fresh: bool,
+    /// Ready pods that did not answer this collection (0 when cached).
+    pub failed: usize,
 }
 
-/// The input of the planner's replica decision for `pool`.
-pub fn scaling_input(
-    pool: &InferencePool,
-    ready_replicas: i32,
-    samples: Vec<PodSample>,
-    stabilization: Stabilization,
-    now_s: u64,
-) -> ScalingInput {
-    let scaling = &pool.spec.scaling;
-    ScalingInput {
-        current_replicas: pool.spec.replicas,
-        min_replicas: scaling.min_replicas,
-        max_replicas: scaling.max_replicas,
-        ready_replicas,
-        samples,
-        thresholds: ScalingThresholds::from_spec(scaling),
-        stabilization,
-        now_s,
-        up_window_s: u64::from(scaling.scale_up_stabilization_seconds),
-        down_window_s: u64::from(scaling.scale_down_stabilization_seconds),
+impl Collector {
+    /// The latest telemetry of the `ready` pods: collected when the last collection is older
+    /// than `interval` or the set of ready pods changed, otherwise the cached one. Fresh reports
+    /// also replace the pool's measured profiles. `None` (and the cache cleared) when no pod is
+    /// ready.
+    pub async fn latest(
+        &self,
+        memory: &Registry,
+        key: &PoolKey,
+        ready: &[ReadyPod],
+        interval: Duration,
+    ) -> Option<Telemetry> {
+        let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
+        if ready.is_empty() {
+            memory.with(key, |m| m.telemetry = None);
+            return None;
+        }
+        let (cached, previous) = memory.with(key, |m| {
+            let cached = m
+                .telemetry
+                .as_ref()
+                .filter(|t| t.pods == names && t.at.elapsed() < interval);
+            let previous = m
+                .telemetry
+                .as_ref()
+                .map(|t| t.reports.clone())
+                .unwrap_or_default();
+            let cached = cached.map(|t| Telemetry {
+                view: t.view.clone(),
+                samples: t.samples.clone(),
+                fresh: false,
+                failed: 0,
+            });
+            (cached, previous)
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let collection = self.collect(ready).await;
+        let view = summarise(&collection, &crate::status::now_rfc3339());
+        let samples = crate::autoscale::samples(&collection, &previous);
+        let failed = collection.failed.len();
+        memory.with(key, |m| {
+            if !collection.reports.is_empty() {
+                let reports: Vec<_> = collection.reports.iter().map(|(_, r)| r.clone()).collect();
+                m.measured = Some(MeasuredProfiles::from_reports(&reports));
+            }
+            m.telemetry = Some(CachedTelemetry {
+                at: Instant::now(),
+                pods: names,
+                view: view.clone(),
+                reports: collection.reports,
+                samples: samples.clone(),
+            });
+        });
+        Some(Telemetry {
+            view,
+            samples,
+            fresh: true,
+            failed,
+        })
     }
 }
 

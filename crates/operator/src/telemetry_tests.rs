@@ -1,6 +1,5 @@
 use super::*;
-use gpupool_api::telemetry::{AllocatorTelemetry, DeviceTelemetry, ModelTelemetry};
-use gpupool_api::Precision;
+use crate::testutil::report;
 use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
 
 fn pod(name: &str, phase: &str, ready: bool, ip: Option<&str>) -> Pod {
@@ -17,47 +16,6 @@ fn pod(name: &str, phase: &str, ready: bool, ip: Option<&str>) -> Pod {
         ..PodStatus::default()
     });
     pod
-}
-
-fn report(used: u64, queue: u32, rejected: u64) -> TelemetryReport {
-    TelemetryReport {
-        api_version: "gpupool.io/v1alpha1".into(),
-        kind: TELEMETRY_KIND.into(),
-        config_generation: 1,
-        ready: true,
-        circuit_open: false,
-        device: Some(DeviceTelemetry {
-            name: "NVIDIA H200".into(),
-            total_bytes: 100,
-            used_bytes: used,
-            free_bytes: 100 - used,
-            utilization_percent: 50,
-            process_used_bytes: None,
-        }),
-        allocator: AllocatorTelemetry {
-            reserved_bytes: used,
-            ..AllocatorTelemetry::default()
-        },
-        models: vec![ModelTelemetry {
-            name: "unet".into(),
-            state: ModelState::Ready,
-            reason: None,
-            precision: Precision::Fp16,
-            batch_cap: 8,
-            slots: 2,
-            weights_bytes: 10,
-            queue_depth: queue,
-            in_flight: 0,
-            images_total: 0,
-            batches_total: 0,
-            rejected_total: rejected,
-            oom_events_total: 0,
-            latency_p50_ms: 10.0,
-            latency_p99_ms: 20.0,
-            images_per_second: 30.0,
-            profile: vec![],
-        }],
-    }
 }
 
 #[test]
@@ -103,26 +61,6 @@ fn summary_takes_maxima_and_sums_and_lists_problems() {
     assert_eq!(view.problems.len(), 3, "{:?}", view.problems);
     assert!(view.problems[1].contains("model unet failed: file not found"));
     assert!(view.problems[2].contains("did not answer"));
-}
-
-#[test]
-fn samples_count_rejects_since_the_previous_report() {
-    let previous = vec![("a".to_string(), report(40, 0, 10))];
-    let collection = Collection {
-        reports: vec![
-            ("a".into(), report(40, 4, 15)),
-            ("new".into(), report(20, 1, 99)),
-        ],
-        failed: vec![],
-    };
-    let samples = samples(&collection, &previous);
-    assert_eq!(samples[0].rejects_delta, 5);
-    assert_eq!(samples[0].queue_depth, 4);
-    assert_eq!(samples[0].memory_used_fraction, 0.4);
-    assert_eq!(
-        samples[1].rejects_delta, 0,
-        "first report of a pod counts nothing"
-    );
 }
 
 #[tokio::test]

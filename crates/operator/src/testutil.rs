@@ -1,5 +1,9 @@
 //! Fixtures for the unit tests: a stored-looking pool and a plan for it.
 
+use gpupool_api::telemetry::{
+    AllocatorTelemetry, DeviceTelemetry, ModelState, ModelTelemetry, TelemetryReport,
+    TELEMETRY_KIND,
+};
 use gpupool_api::{InferencePool, InferencePoolSpec, ModelPlan, PoolPlan, Precision};
 
 /// The fixture pool's uid.
@@ -54,5 +58,47 @@ pub fn plan() -> PoolPlan {
         per_user_bytes: (22 << 30) / 8,
         streams: 4,
         models: vec![model("hrnet", 8, 2), model("unet", 4, 2)],
+    }
+}
+
+/// A telemetry report: one model, `used` of 100 device bytes, `queue` waiting, `rejected` refused.
+pub fn report(used: u64, queue: u32, rejected: u64) -> TelemetryReport {
+    TelemetryReport {
+        api_version: "gpupool.io/v1alpha1".into(),
+        kind: TELEMETRY_KIND.into(),
+        config_generation: 1,
+        ready: true,
+        circuit_open: false,
+        device: Some(DeviceTelemetry {
+            name: "NVIDIA H200".into(),
+            total_bytes: 100,
+            used_bytes: used,
+            free_bytes: 100 - used,
+            utilization_percent: 50,
+            process_used_bytes: None,
+        }),
+        allocator: AllocatorTelemetry {
+            reserved_bytes: used,
+            ..AllocatorTelemetry::default()
+        },
+        models: vec![ModelTelemetry {
+            name: "unet".into(),
+            state: ModelState::Ready,
+            reason: None,
+            precision: Precision::Fp16,
+            batch_cap: 8,
+            slots: 2,
+            weights_bytes: 10,
+            queue_depth: queue,
+            in_flight: 0,
+            images_total: 0,
+            batches_total: 0,
+            rejected_total: rejected,
+            oom_events_total: 0,
+            latency_p50_ms: 10.0,
+            latency_p99_ms: 20.0,
+            images_per_second: 30.0,
+            profile: vec![],
+        }],
     }
 }

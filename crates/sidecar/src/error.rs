@@ -80,9 +80,9 @@ impl ApiError {
     /// HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Decode(DecodeError::TooManyPixels { .. } | DecodeError::TooMuchMemory { .. }) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            ApiError::Decode(
+                DecodeError::TooManyPixels { .. } | DecodeError::TooMuchMemory { .. },
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Decode(DecodeError::UnsupportedFormat) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Decode(_)
             | ApiError::MissingField { .. }
@@ -186,10 +186,16 @@ mod tests {
         let cases: Vec<ApiError> = vec![
             ApiError::Decode(DecodeError::EmptyBody),
             ApiError::MissingField { field: "file" },
-            ApiError::InvalidField { field: "threshold", message: "must be 0.1..0.9".into() },
+            ApiError::InvalidField {
+                field: "threshold",
+                message: "must be 0.1..0.9".into(),
+            },
             ApiError::BadMultipart("cut".into()),
             ApiError::BodyTooLarge { limit: 10 },
-            ApiError::UnknownModel { model: "x".into(), available: "a".into() },
+            ApiError::UnknownModel {
+                model: "x".into(),
+                available: "a".into(),
+            },
             ApiError::Overloaded,
         ];
         for e in cases {
@@ -200,7 +206,9 @@ mod tests {
 
     #[test]
     fn circuit_open_is_503_with_retry_after() {
-        let e = ApiError::Backend(BackendError::CircuitOpen { retry_after: Duration::from_secs(3) });
+        let e = ApiError::Backend(BackendError::CircuitOpen {
+            retry_after: Duration::from_secs(3),
+        });
         let response = e.into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -36,7 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gpupool-sidecar: cannot start the async runtime: {e}");
@@ -79,7 +84,10 @@ async fn serve(
     cancel.cancel();
     let _ = watcher.await;
     // In-flight HTTP requests are done; let the engine finish what it still holds, within bounds.
-    if tokio::time::timeout(settings.drain_timeout(), backend.shutdown()).await.is_err() {
+    if tokio::time::timeout(settings.drain_timeout(), backend.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("engine did not drain within the deadline");
     }
     tracing::info!("stopped");

@@ -156,24 +156,109 @@ impl prometheus_client::collector::Collector for TelemetryCollector {
         };
         let e = &mut encoder;
         use MetricType::{Counter as C, Gauge as G};
-        per_model(e, report, "gpupool_sidecar_queue_depth", "Requests waiting for a batch", G, |m| m.queue_depth)?;
-        per_model(e, report, "gpupool_sidecar_in_flight_images", "Images in running batches", G, |m| m.in_flight)?;
-        per_model(e, report, "gpupool_sidecar_images", "Images answered", C, |m| m.images_total as f64)?;
-        per_model(e, report, "gpupool_sidecar_batches", "Batches run", C, |m| m.batches_total as f64)?;
-        per_model(e, report, "gpupool_sidecar_rejected", "Requests refused (queue full or memory circuit open)", C, |m| m.rejected_total as f64)?;
-        per_model(e, report, "gpupool_sidecar_oom_events", "CUDA out-of-memory errors recovered from", C, |m| m.oom_events_total as f64)?;
-        per_model(e, report, "gpupool_sidecar_batch_size_cap", "Current batch-size cap", G, |m| m.batch_cap)?;
-        per_model(e, report, "gpupool_sidecar_latency_p50_seconds", "Median enqueue-to-result time over the recent window", G, |m| m.latency_p50_ms / 1000.0)?;
-        per_model(e, report, "gpupool_sidecar_latency_p99_seconds", "99th percentile enqueue-to-result time over the recent window", G, |m| m.latency_p99_ms / 1000.0)?;
-        per_model(e, report, "gpupool_sidecar_throughput_images_per_second", "Images per second over the recent window", G, |m| m.images_per_second)?;
-        per_model(e, report, "gpupool_sidecar_model_ready", "1 when the model serves", G, |m| u8::from(m.state == ModelState::Ready))?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_queue_depth",
+            "Requests waiting for a batch",
+            G,
+            |m| m.queue_depth,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_in_flight_images",
+            "Images in running batches",
+            G,
+            |m| m.in_flight,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_images",
+            "Images answered",
+            C,
+            |m| m.images_total as f64,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_batches",
+            "Batches run",
+            C,
+            |m| m.batches_total as f64,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_rejected",
+            "Requests refused (queue full or memory circuit open)",
+            C,
+            |m| m.rejected_total as f64,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_oom_events",
+            "CUDA out-of-memory errors recovered from",
+            C,
+            |m| m.oom_events_total as f64,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_batch_size_cap",
+            "Current batch-size cap",
+            G,
+            |m| m.batch_cap,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_latency_p50_seconds",
+            "Median enqueue-to-result time over the recent window",
+            G,
+            |m| m.latency_p50_ms / 1000.0,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_latency_p99_seconds",
+            "99th percentile enqueue-to-result time over the recent window",
+            G,
+            |m| m.latency_p99_ms / 1000.0,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_throughput_images_per_second",
+            "Images per second over the recent window",
+            G,
+            |m| m.images_per_second,
+        )?;
+        per_model(
+            e,
+            report,
+            "gpupool_sidecar_model_ready",
+            "1 when the model serves",
+            G,
+            |m| u8::from(m.state == ModelState::Ready),
+        )?;
 
         let waiting: u32 = report.models.iter().map(|m| m.queue_depth).sum();
         let running: u32 = report.models.iter().map(|m| m.in_flight).sum();
-        let memory = report.device.as_ref().map(|d| d.used_fraction()).unwrap_or_else(|| {
-            let a = &report.allocator;
-            if a.budget_bytes == 0 { 0.0 } else { a.reserved_bytes as f64 / a.budget_bytes as f64 }
-        });
+        let memory = report
+            .device
+            .as_ref()
+            .map(|d| d.used_fraction())
+            .unwrap_or_else(|| {
+                let a = &report.allocator;
+                if a.budget_bytes == 0 {
+                    0.0
+                } else {
+                    a.reserved_bytes as f64 / a.budget_bytes as f64
+                }
+            });
         for (name, value) in [
             ("gpupool_sidecar_num_requests_waiting", f64::from(waiting)),
             ("vllm:num_requests_waiting", f64::from(waiting)),
@@ -182,19 +267,69 @@ impl prometheus_client::collector::Collector for TelemetryCollector {
             ("gpupool_sidecar_gpu_memory_usage_perc", memory),
             ("vllm:gpu_cache_usage_perc", memory),
         ] {
-            gauge(e, name, "Model-server protocol gauge (Gateway API Inference Extension)", value)?;
+            gauge(
+                e,
+                name,
+                "Model-server protocol gauge (Gateway API Inference Extension)",
+                value,
+            )?;
         }
         let a = &report.allocator;
-        gauge(e, "gpupool_sidecar_allocator_allocated_bytes", "Bytes in live tensors", a.allocated_bytes as f64)?;
-        gauge(e, "gpupool_sidecar_allocator_reserved_bytes", "Bytes the caching allocator holds", a.reserved_bytes as f64)?;
-        gauge(e, "gpupool_sidecar_allocator_peak_reserved_bytes", "High-water mark of reserved bytes", a.peak_reserved_bytes as f64)?;
-        gauge(e, "gpupool_sidecar_memory_budget_bytes", "The process's memory budget", a.budget_bytes as f64)?;
-        gauge(e, "gpupool_sidecar_admitted_bytes", "Bytes reserved by admission for weights and running batches", a.admitted_bytes as f64)?;
-        gauge(e, "gpupool_sidecar_circuit_open", "1 while new work is refused for memory pressure", f64::from(u8::from(report.circuit_open)))?;
+        gauge(
+            e,
+            "gpupool_sidecar_allocator_allocated_bytes",
+            "Bytes in live tensors",
+            a.allocated_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "gpupool_sidecar_allocator_reserved_bytes",
+            "Bytes the caching allocator holds",
+            a.reserved_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "gpupool_sidecar_allocator_peak_reserved_bytes",
+            "High-water mark of reserved bytes",
+            a.peak_reserved_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "gpupool_sidecar_memory_budget_bytes",
+            "The process's memory budget",
+            a.budget_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "gpupool_sidecar_admitted_bytes",
+            "Bytes reserved by admission for weights and running batches",
+            a.admitted_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "gpupool_sidecar_circuit_open",
+            "1 while new work is refused for memory pressure",
+            f64::from(u8::from(report.circuit_open)),
+        )?;
         if let Some(d) = &report.device {
-            gauge(e, "gpupool_sidecar_gpu_memory_total_bytes", "Device memory", d.total_bytes as f64)?;
-            gauge(e, "gpupool_sidecar_gpu_memory_used_bytes", "Device memory in use (all processes)", d.used_bytes as f64)?;
-            gauge(e, "gpupool_sidecar_gpu_utilization_ratio", "GPU busy fraction over NVML's sample period", f64::from(d.utilization_percent) / 100.0)?;
+            gauge(
+                e,
+                "gpupool_sidecar_gpu_memory_total_bytes",
+                "Device memory",
+                d.total_bytes as f64,
+            )?;
+            gauge(
+                e,
+                "gpupool_sidecar_gpu_memory_used_bytes",
+                "Device memory in use (all processes)",
+                d.used_bytes as f64,
+            )?;
+            gauge(
+                e,
+                "gpupool_sidecar_gpu_utilization_ratio",
+                "GPU busy fraction over NVML's sample period",
+                f64::from(d.utilization_percent) / 100.0,
+            )?;
         }
         Ok(())
     }

@@ -88,16 +88,18 @@ impl Pipeline {
 
     /// Looks a model up, with the 404 that names the available ones.
     pub fn model(&self, name: &str) -> Result<ModelInfo, ApiError> {
-        self.backend.model(name).ok_or_else(|| ApiError::UnknownModel {
-            model: name.to_string(),
-            available: self
-                .backend
-                .models()
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        self.backend
+            .model(name)
+            .ok_or_else(|| ApiError::UnknownModel {
+                model: name.to_string(),
+                available: self
+                    .backend
+                    .models()
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Segments one image.
@@ -146,10 +148,9 @@ impl Pipeline {
         let options = PostprocessOptions::new(request.threshold, request.detect_holes);
         let (w, h) = (geometry.width(), geometry.height());
         let logits = inference.logits;
-        let polygons = blocking(move || {
-            extract_polygons(&logits, w, h, size.width, size.height, &options)
-        })
-        .await??;
+        let polygons =
+            blocking(move || extract_polygons(&logits, w, h, size.width, size.height, &options))
+                .await??;
         let postprocessing_time = post_started.elapsed().as_secs_f64();
 
         let warning = polygons

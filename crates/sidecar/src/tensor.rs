@@ -71,8 +71,12 @@ mod tests {
     fn flat_and_nested_arrays_flatten_in_row_major_order() {
         let flat: FlatTensor = serde_json::from_str("[1, 2.5, 3]").expect("flat");
         assert_eq!(flat.into_inner(), vec![1.0, 2.5, 3.0]);
-        let nested: FlatTensor = serde_json::from_str("[[[1, 2], [3, 4]], [[5, 6], [7, 8]]]").expect("nested");
-        assert_eq!(nested.into_inner(), (1..=8).map(|v| v as f32).collect::<Vec<_>>());
+        let nested: FlatTensor =
+            serde_json::from_str("[[[1, 2], [3, 4]], [[5, 6], [7, 8]]]").expect("nested");
+        assert_eq!(
+            nested.into_inner(),
+            (1..=8).map(|v| v as f32).collect::<Vec<_>>()
+        );
     }
 
     #[test]

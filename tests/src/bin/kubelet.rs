@@ -12,8 +12,11 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config = match args.config() {
@@ -38,7 +41,10 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args, config: gpupool_tests::kubelet::Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(
+    args: &Args,
+    config: gpupool_tests::kubelet::Config,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let client = args.client().await?;

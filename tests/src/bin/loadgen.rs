@@ -33,7 +33,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let image = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let image =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let image = Arc::new(image);
     let mut reports = Vec::new();
     for clients in &args.clients {
@@ -41,13 +42,20 @@ async fn main() -> Result<()> {
             targets: args.targets.clone(),
             models: args.models.clone(),
             image: image.clone(),
-            file_name: args.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            file_name: args
+                .image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             clients: *clients,
             duration: Duration::from_secs_f64(args.seconds),
             warmup_requests: args.warmup,
         })
         .await?;
-        eprintln!("{clients} clients: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, statuses {:?}", report.requests_per_second, report.p50_ms, report.p99_ms, report.status_counts);
+        eprintln!(
+            "{clients} clients: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, statuses {:?}",
+            report.requests_per_second, report.p50_ms, report.p99_ms, report.status_counts
+        );
         reports.push(report);
     }
     println!("{}", serde_json::to_string_pretty(&reports)?);

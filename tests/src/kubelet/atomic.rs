@@ -30,7 +30,8 @@ const DATA_TMP: &str = "..data_tmp";
 /// Makes `dir` hold exactly `payload`; returns whether anything changed.
 pub fn write_payload(dir: &Path, payload: &Payload) -> Result<bool> {
     for path in payload.keys() {
-        validate(path).map_err(|source| Error::io("refusing volume path", dir.join(path), source))?;
+        validate(path)
+            .map_err(|source| Error::io("refusing volume path", dir.join(path), source))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     let old = std::fs::read_link(dir.join(DATA)).ok();
@@ -54,10 +55,8 @@ pub fn write_payload(dir: &Path, payload: &Payload) -> Result<bool> {
     std::os::unix::fs::symlink(&version, &tmp).map_err(|e| Error::io("linking", &tmp, e))?;
     std::fs::rename(&tmp, dir.join(DATA)).map_err(|e| Error::io("renaming", &tmp, e))?;
 
-    let tops: std::collections::BTreeSet<&str> = payload
-        .keys()
-        .filter_map(|p| p.split('/').next())
-        .collect();
+    let tops: std::collections::BTreeSet<&str> =
+        payload.keys().filter_map(|p| p.split('/').next()).collect();
     for top in &tops {
         let link = dir.join(top);
         if std::fs::symlink_metadata(&link).is_err() {
@@ -123,7 +122,11 @@ fn current_payload(version_dir: &Path) -> Option<Payload> {
         for entry in std::fs::read_dir(root.join(rel))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             if entry.file_type()?.is_dir() {
                 walk(root, &rel, out)?;
             } else {
@@ -187,7 +190,10 @@ mod tests {
     fn escaping_paths_are_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         for bad in ["../x", "/etc/passwd", "..data", "a/../../b", ""] {
-            assert!(write_payload(tmp.path(), &payload(&[(bad, "x")])).is_err(), "{bad}");
+            assert!(
+                write_payload(tmp.path(), &payload(&[(bad, "x")])).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1,6 +1,8 @@
 //! The `gpupool-kubelet` command line.
 
-use super::config::{default_state_dir, parse_duration, parse_key_value, Config, ImageCommands, OnExit};
+use super::config::{
+    default_state_dir, parse_duration, parse_key_value, Config, ImageCommands, OnExit,
+};
 use super::error::{Error, Result};
 use super::ipam::PodCidr;
 use std::path::PathBuf;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 /// `gpupool-kubelet`: registers a GPU Node and runs the pods bound to it as local processes.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "gpupool-kubelet", version, about, long_about = None)]
+#[command(name = "gpupool-kubelet", version)]
 pub struct Args {
     /// Kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "PATH")]
@@ -31,7 +33,7 @@ pub struct Args {
     /// Loopback range pod IPs come from; give each node of one machine its own.
     #[arg(long, default_value = "127.0.1.0/24", value_name = "CIDR")]
     pub pod_cidr: String,
-    /// Pod directories and container logs (default: $TMPDIR/gpupool-kubelet/<node>).
+    /// Pod directories and container logs (default: $TMPDIR/gpupool-kubelet/NODE).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Run IMAGE with the executable PATH (repeatable); unmapped images run the executable named
@@ -167,8 +169,14 @@ mod tests {
         assert_eq!(config.pod_cidr.to_string(), "127.0.7.0/24");
         assert_eq!(config.probe_period, Duration::from_millis(250));
         assert_eq!(config.on_exit, OnExit::Delete);
-        assert_eq!(config.node_labels.get("pool").map(String::as_str), Some("a"));
-        assert_eq!(config.images.resolve("gpupool/sidecar:1").ok(), Some("/bin/true".into()));
+        assert_eq!(
+            config.node_labels.get("pool").map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(
+            config.images.resolve("gpupool/sidecar:1").ok(),
+            Some("/bin/true".into())
+        );
         assert!(config.state_dir.ends_with("gpupool-kubelet/gpu-0"));
     }
 
@@ -177,7 +185,9 @@ mod tests {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["gpupool-kubelet", "--node-name", "n"];
             argv.extend(extra);
-            Args::try_parse_from(argv).map_err(|e| e.to_string()).and_then(|a| a.config().map_err(|e| e.to_string()))
+            Args::try_parse_from(argv)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.config().map_err(|e| e.to_string()))
         };
         assert!(parse(&["--pod-cidr", "10.0.0.0/24"]).is_err());
         assert!(parse(&["--image-command", "nopath"]).is_err());

@@ -86,9 +86,10 @@ impl Config {
     /// Directory backing claim `claim` of `namespace`: the one mapped for the claim's name, else
     /// `<state>/claims/<namespace>/<claim>` (kept when pods go, like a real volume).
     pub fn claim_dir(&self, namespace: &str, claim: &str) -> PathBuf {
-        self.claim_dirs.get(claim).cloned().unwrap_or_else(|| {
-            self.state_dir.join("claims").join(namespace).join(claim)
-        })
+        self.claim_dirs
+            .get(claim)
+            .cloned()
+            .unwrap_or_else(|| self.state_dir.join("claims").join(namespace).join(claim))
     }
 
     /// Directory of one pod (volumes, pid file); removed when the pod is gone.
@@ -251,7 +252,11 @@ mod tests {
             "ghcr.io/gpupool/sidecar:0.1",
             "localhost:5000/gpupool/sidecar@sha256:abc",
         ] {
-            assert_eq!(images.resolve(image).ok(), Some("/bin/sidecar".into()), "{image}");
+            assert_eq!(
+                images.resolve(image).ok(),
+                Some("/bin/sidecar".into()),
+                "{image}"
+            );
         }
         assert_eq!(images.resolve("other:1.0").ok(), Some("/bin/other".into()));
         assert!(images.resolve("notgpupool/sidecarx").is_err());
@@ -283,10 +288,16 @@ mod tests {
 
     #[test]
     fn durations_take_units() {
-        assert_eq!(parse_duration("500ms").ok(), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration("500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("10").ok(), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5s").ok(), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("1.5s").ok(),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());

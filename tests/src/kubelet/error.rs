@@ -12,7 +12,9 @@ pub enum Error {
         spec: String,
     },
     /// No executable was found for a container image.
-    #[error("no executable for image {image:?} (looked for {tried:?}); map it with --image-command")]
+    #[error(
+        "no executable for image {image:?} (looked for {tried:?}); map it with --image-command"
+    )]
     NoExecutable {
         /// The container's image.
         image: String,
@@ -112,7 +114,11 @@ impl Error {
     }
 
     /// Wraps an I/O error with what was being done and to which path.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Self::Io {
             action,
             path: path.into(),

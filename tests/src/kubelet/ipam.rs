@@ -185,7 +185,10 @@ mod tests {
         let mut ipam = Ipam::new(cidr("127.0.1.0/30"));
         let a = ipam.allocate(None).expect("first");
         let b = ipam.allocate(None).expect("second");
-        assert_eq!((a, b), (Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 1, 2)));
+        assert_eq!(
+            (a, b),
+            (Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 1, 2))
+        );
         assert!(ipam.allocate(None).is_err());
         ipam.release(a);
         assert_eq!(ipam.allocate(None).ok(), Some(a));

@@ -20,14 +20,15 @@
 //! | `GPUPOOL_POD_IP`, `GPUPOOL_NODE_NAME` | its address and node |
 //! | `GPUPOOL_POD_DIR` | its directory (also the working directory) |
 //! | `GPUPOOL_MOUNTS` | JSON object: each `mountPath` → host path |
-//! | `GPUPOOL_MOUNT_<VOLUME>` | host path of a mounted volume (name upper-cased, `-` → `_`) |
+//! | `GPUPOOL_MOUNT_<VOLUME>` | host path of each of the pod's volumes (upper-cased, non-alphanumerics → `_`) |
 //! | `NVIDIA_VISIBLE_DEVICES` | the pod's GPU indices, e.g. `0,1` (only if it asked for GPUs) |
 //! | `CUDA_VISIBLE_DEVICES` | the same, only with `--set-cuda-visible-devices` |
 
-use super::error::{Error, Result};
+use super::env::{container_env, expand, node_name};
+use super::error::Result;
 use super::process::Launch;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Client;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -64,13 +65,20 @@ pub async fn build(
     let mounts = mounts(container, placement.volumes);
     let mut env = gpupool_env(placement, &mounts);
     let own = container_env(client, pod, &namespace, container, placement).await?;
-    let own: Vec<(String, String)> =
-        own.into_iter().map(|(k, v)| (k, host_path(&mounts, &v))).collect();
+    let own: Vec<(String, String)> = own
+        .into_iter()
+        .map(|(k, v)| (k, host_path(&mounts, &v)))
+        .collect();
     let default_config = default_config(pod, container, placement.volumes, &own);
     env.extend(own);
 
     let vars: BTreeMap<String, String> = env.iter().cloned().collect();
-    let args: Vec<String> = container.args.iter().flatten().map(|a| expand(a, &vars)).collect();
+    let args: Vec<String> = container
+        .args
+        .iter()
+        .flatten()
+        .map(|a| expand(a, &vars))
+        .collect();
     let port = container
         .ports
         .iter()
@@ -101,23 +109,43 @@ fn mounts(container: &Container, volumes: &BTreeMap<String, PathBuf>) -> Vec<(St
     resolved.collect()
 }
 
-fn gpupool_env(placement: &PodPlacement<'_>, mounts: &[(String, PathBuf)]) -> Vec<(String, String)> {
+fn gpupool_env(
+    placement: &PodPlacement<'_>,
+    mounts: &[(String, PathBuf)],
+) -> Vec<(String, String)> {
     let meta = &placement.pod.metadata;
     let mut env = vec![
-        ("GPUPOOL_POD_NAME".to_string(), meta.name.clone().unwrap_or_default()),
-        ("GPUPOOL_POD_NAMESPACE".into(), meta.namespace.clone().unwrap_or_default()),
-        ("GPUPOOL_POD_UID".into(), meta.uid.clone().unwrap_or_default()),
+        (
+            "GPUPOOL_POD_NAME".to_string(),
+            meta.name.clone().unwrap_or_default(),
+        ),
+        (
+            "GPUPOOL_POD_NAMESPACE".into(),
+            meta.namespace.clone().unwrap_or_default(),
+        ),
+        (
+            "GPUPOOL_POD_UID".into(),
+            meta.uid.clone().unwrap_or_default(),
+        ),
         ("GPUPOOL_POD_IP".into(), placement.ip.to_string()),
         ("GPUPOOL_NODE_NAME".into(), node_name(placement.pod)),
-        ("GPUPOOL_POD_DIR".into(), placement.pod_dir.display().to_string()),
+        (
+            "GPUPOOL_POD_DIR".into(),
+            placement.pod_dir.display().to_string(),
+        ),
     ];
     let json: serde_json::Map<String, serde_json::Value> = mounts
         .iter()
         .map(|(m, h)| (m.clone(), h.display().to_string().into()))
         .collect();
-    env.push(("GPUPOOL_MOUNTS".into(), serde_json::Value::Object(json).to_string()));
+    env.push((
+        "GPUPOOL_MOUNTS".into(),
+        serde_json::Value::Object(json).to_string(),
+    ));
     for (name, path) in placement.volumes {
-        let var = name.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        let var = name
+            .to_uppercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
         env.push((format!("GPUPOOL_MOUNT_{var}"), path.display().to_string()));
     }
     if !placement.gpus.is_empty() {
@@ -128,165 +156,6 @@ fn gpupool_env(placement: &PodPlacement<'_>, mounts: &[(String, PathBuf)]) -> Ve
         }
     }
     env
-}
-
-fn node_name(pod: &Pod) -> String {
-    pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
-}
-
-/// The container's `envFrom` then `env`, resolved in order (later entries see earlier ones).
-async fn container_env(
-    client: &Client,
-    pod: &Pod,
-    namespace: &str,
-    container: &Container,
-    placement: &PodPlacement<'_>,
-) -> Result<Vec<(String, String)>> {
-    let pod_name = format!("{namespace}/{}", pod.metadata.name.as_deref().unwrap_or(""));
-    let fail = |reason: String| Error::ContainerConfig {
-        pod: pod_name.clone(),
-        reason,
-    };
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut out: Vec<(String, String)> = Vec::new();
-    for from in container.env_from.iter().flatten() {
-        let prefix = from.prefix.clone().unwrap_or_default();
-        let data = if let Some(r) = &from.config_map_ref {
-            let cm = get(&configmaps, &r.name, r.optional, &fail).await?;
-            cm.and_then(|cm| cm.data).unwrap_or_default()
-        } else if let Some(r) = &from.secret_ref {
-            let secret = get(&secrets, &r.name, r.optional, &fail).await?;
-            let data = secret.and_then(|s| s.data).unwrap_or_default();
-            let text = data.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into()));
-            text.collect()
-        } else {
-            BTreeMap::new()
-        };
-        out.extend(data.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
-    }
-    for var in container.env.iter().flatten() {
-        let vars: BTreeMap<String, String> = out.iter().cloned().collect();
-        let value = match (&var.value, &var.value_from) {
-            (Some(v), _) => Some(expand(v, &vars)),
-            (None, Some(from)) => {
-                if let Some(field) = &from.field_ref {
-                    let v = field_value(pod, placement, &field.field_path);
-                    Some(v.ok_or_else(|| fail(format!("unsupported fieldRef {}", field.field_path)))?)
-                } else if let Some(res) = &from.resource_field_ref {
-                    let (kind, name) = res.resource.split_once('.').unwrap_or(("limits", ""));
-                    let resources = container.resources.as_ref();
-                    let map = match kind {
-                        "requests" => resources.and_then(|r| r.requests.as_ref()),
-                        _ => resources.and_then(|r| r.limits.as_ref()),
-                    };
-                    map.and_then(|m| m.get(name)).map(|q| q.0.clone())
-                } else if let Some(r) = &from.config_map_key_ref {
-                    let cm = get(&configmaps, &r.name, r.optional, &fail).await?;
-                    let v = cm.and_then(|cm| cm.data).and_then(|d| d.get(&r.key).cloned());
-                    required(v, r.optional, || fail(format!("configmap {} has no key {}", r.name, r.key)))?
-                } else if let Some(r) = &from.secret_key_ref {
-                    let s = get(&secrets, &r.name, r.optional, &fail).await?;
-                    let v = s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned());
-                    let v = v.map(|b| String::from_utf8_lossy(&b.0).into_owned());
-                    required(v, r.optional, || fail(format!("secret {} has no key {}", r.name, r.key)))?
-                } else {
-                    None
-                }
-            }
-            (None, None) => Some(String::new()),
-        };
-        if let Some(value) = value {
-            out.push((var.name.clone(), value));
-        }
-    }
-    Ok(out)
-}
-
-async fn get<K>(
-    api: &Api<K>,
-    name: &str,
-    optional: Option<bool>,
-    fail: &impl Fn(String) -> Error,
-) -> Result<Option<K>>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let found = api
-        .get_opt(name)
-        .await
-        .map_err(|e| Error::kube(format!("reading {name} for a container's environment"), e))?;
-    match found {
-        None if !optional.unwrap_or(false) => Err(fail(format!("{name} not found"))),
-        found => Ok(found),
-    }
-}
-
-fn required(
-    value: Option<String>,
-    optional: Option<bool>,
-    fail: impl FnOnce() -> Error,
-) -> Result<Option<String>> {
-    match value {
-        None if !optional.unwrap_or(false) => Err(fail()),
-        v => Ok(v),
-    }
-}
-
-/// The downward API's `fieldRef` paths.
-fn field_value(pod: &Pod, placement: &PodPlacement<'_>, path: &str) -> Option<String> {
-    let meta = &pod.metadata;
-    let lookup = |map: &Option<BTreeMap<String, String>>, key: &str| {
-        map.as_ref().and_then(|m| m.get(key).cloned()).or(Some(String::new()))
-    };
-    if let Some(key) = bracketed(path, "metadata.labels") {
-        return lookup(&meta.labels, key);
-    }
-    if let Some(key) = bracketed(path, "metadata.annotations") {
-        return lookup(&meta.annotations, key);
-    }
-    match path {
-        "metadata.name" => meta.name.clone(),
-        "metadata.namespace" => meta.namespace.clone(),
-        "metadata.uid" => meta.uid.clone(),
-        "spec.nodeName" => Some(node_name(pod)),
-        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
-        "status.podIP" | "status.podIPs" => Some(placement.ip.to_string()),
-        "status.hostIP" | "status.hostIPs" => Some(placement.host_ip.to_string()),
-        _ => None,
-    }
-}
-
-/// `key` of `prefix['key']`.
-fn bracketed<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
-    let rest = path.strip_prefix(prefix)?.strip_prefix("['")?;
-    rest.strip_suffix("']")
-}
-
-/// Kubernetes' `$(VAR)` expansion: defined names are replaced, `$$` is a literal `$`, anything
-/// else is kept as written.
-pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
-            match vars.get(name) {
-                Some(value) => out.push_str(value),
-                None => out.push_str(&format!("$({name})")),
-            }
-            rest = tail;
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The config file to pass when the args name none (see the module docs for the order).
@@ -301,7 +170,11 @@ fn default_config(
         .volume_mounts
         .iter()
         .flatten()
-        .filter(|m| spec_volumes.iter().any(|v| v.name == m.name && v.config_map.is_some()))
+        .filter(|m| {
+            spec_volumes
+                .iter()
+                .any(|v| v.name == m.name && v.config_map.is_some())
+        })
         .filter_map(|m| volumes.get(&m.name))
         .collect();
     let named = env.iter().find_map(|(name, value)| {
@@ -320,7 +193,9 @@ fn default_config(
         .filter(|n| !n.starts_with(".."))
         .collect();
     files.sort();
-    let yaml = files.iter().find(|f| f.ends_with(".yaml") || f.ends_with(".yml"));
+    let yaml = files
+        .iter()
+        .find(|f| f.ends_with(".yaml") || f.ends_with(".yml"));
     yaml.or(files.first()).map(|f| dir.join(f))
 }
 
@@ -352,7 +227,10 @@ pub fn rewrite_args(
 ) -> Vec<String> {
     let host_path = |value: &str| host_path(mounts, value);
     let listen = |value: &str| {
-        let port = value.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(port);
+        let port = value
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(port);
         format!("{ip}:{port}")
     };
     let (mut saw_listen, mut saw_config) = (false, false);
@@ -395,7 +273,10 @@ mod tests {
     #[test]
     fn mount_paths_become_host_paths_and_listen_gets_the_pod_ip() {
         let mounts = vec![
-            ("/etc/gpupool".to_string(), PathBuf::from("/state/pods/u/volumes/config")),
+            (
+                "/etc/gpupool".to_string(),
+                PathBuf::from("/state/pods/u/volumes/config"),
+            ),
             ("/etc/gpupool/extra".to_string(), PathBuf::from("/x")),
         ];
         let ip = Ipv4Addr::new(127, 0, 1, 3);
@@ -430,13 +311,5 @@ mod tests {
         );
         let out = rewrite_args(&strings(&["--listen=:7000"]), &[], ip, 8080, None);
         assert_eq!(out, strings(&["--listen=127.0.1.3:7000"]));
-    }
-
-    #[test]
-    fn expansion_follows_kubernetes_rules() {
-        let vars: BTreeMap<String, String> = [("A".to_string(), "1".to_string())].into();
-        assert_eq!(expand("x$(A)y", &vars), "x1y");
-        assert_eq!(expand("$(B)", &vars), "$(B)");
-        assert_eq!(expand("$$(A) $ $(", &vars), "$(A) $ $(");
     }
 }

@@ -28,11 +28,13 @@
 mod atomic;
 mod cli;
 mod config;
+mod env;
 mod error;
 mod ipam;
 pub mod launch;
 mod node;
 mod pods;
+mod podspec;
 mod probe;
 mod process;
 mod status;
@@ -42,6 +44,7 @@ mod worker;
 pub use atomic::{write_payload, FileContent, Payload};
 pub use cli::Args;
 pub use config::{default_state_dir, parse_duration, Config, ImageCommands, OnExit};
+pub use env::expand;
 pub use error::{Error, Result};
 pub use ipam::{GpuAllocator, Ipam, PodCidr};
 pub use probe::{http_get, HttpResponse};
@@ -61,11 +64,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn ipam(&self) -> MutexGuard<'_, Ipam> {
-        self.ipam.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ipam
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn gpus(&self) -> MutexGuard<'_, GpuAllocator> {
-        self.gpus.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.gpus
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -5,7 +5,7 @@ use super::config::{Config, OnExit};
 use super::error::{Error, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
 const LEASE_NAMESPACE: &str = "kube-node-lease";
+const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
 /// Creates (or updates) the Node and reports it Ready; returns when it became Ready.
 pub(crate) async fn register(client: &Client, config: &Config) -> Result<Timestamp> {
@@ -50,7 +52,41 @@ pub(crate) async fn register(client: &Client, config: &Config) -> Result<Timesta
     }
     let ready_since = Timestamp::now();
     write_status(client, config, true, ready_since).await?;
+    set_not_ready_taint(client, config, false).await?;
     Ok(ready_since)
+}
+
+/// Adds or removes the `node.kubernetes.io/not-ready:NoSchedule` taint. The API server's
+/// TaintNodesByCondition admission puts it on every new Node and the node lifecycle controller
+/// takes it off once the Node is Ready; the local control plane runs no such controller, so the
+/// stand-in does that part itself (and puts the taint back when it stops).
+async fn set_not_ready_taint(client: &Client, config: &Config, present: bool) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let name = &config.node_name;
+    let node = nodes
+        .get(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading node {name}"), e))?;
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    let is_ours = |t: &Taint| t.key == NOT_READY_TAINT || t.key == UNREACHABLE_TAINT;
+    let mut wanted: Vec<Taint> = taints.iter().filter(|t| !is_ours(t)).cloned().collect();
+    if present {
+        wanted.push(Taint {
+            key: NOT_READY_TAINT.into(),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        });
+    }
+    if wanted == taints {
+        return Ok(());
+    }
+    let patch = Patch::Merge(serde_json::json!({ "spec": { "taints": wanted } }));
+    nodes
+        .patch(name, &PatchParams::default(), &patch)
+        .await
+        .map_err(|e| Error::kube(format!("updating the taints of node {name}"), e))?;
+    tracing::info!(node = %name, present, "not-ready taint updated");
+    Ok(())
 }
 
 /// Renews the Lease and the Ready heartbeat every `heartbeat_interval` until `shutdown`.
@@ -82,6 +118,7 @@ pub(crate) async fn on_exit(client: &Client, config: &Config) -> Result<()> {
     match config.on_exit {
         OnExit::NotReady => {
             write_status(client, config, false, Timestamp::now()).await?;
+            set_not_ready_taint(client, config, true).await?;
             tracing::info!(node = %name, "node marked NotReady");
         }
         OnExit::Delete => {
@@ -131,7 +168,12 @@ pub(crate) fn capacity(config: &Config) -> BTreeMap<String, Quantity> {
     .collect()
 }
 
-async fn write_status(client: &Client, config: &Config, ready: bool, since: Timestamp) -> Result<()> {
+async fn write_status(
+    client: &Client,
+    config: &Config,
+    ready: bool,
+    since: Timestamp,
+) -> Result<()> {
     let now = Time(Timestamp::now());
     let condition = |kind: &str, status: bool, reason: &str, message: &str| NodeCondition {
         type_: kind.into(),
@@ -142,7 +184,12 @@ async fn write_status(client: &Client, config: &Config, ready: bool, since: Time
         last_transition_time: Some(Time(since)),
     };
     let ready_condition = if ready {
-        condition("Ready", true, "KubeletReady", "gpupool-kubelet is posting ready status")
+        condition(
+            "Ready",
+            true,
+            "KubeletReady",
+            "gpupool-kubelet is posting ready status",
+        )
     } else {
         condition("Ready", false, "KubeletNotReady", "gpupool-kubelet stopped")
     };

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -55,7 +55,10 @@ fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
         return Err(bad());
     }
     let status = code.parse().map_err(|_| bad())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     Ok(HttpResponse {
         status,
         body: body.to_string(),
@@ -97,10 +100,18 @@ pub fn check(probe: &Probe, container: &Container, pod_ip: IpAddr) -> Check {
         }
     };
     if let Some(http) = &probe.http_get {
-        if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+        if http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+        {
             return Check::Unsupported("https");
         }
-        let host = http.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
+        let host = http
+            .host
+            .as_deref()
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(pod_ip);
         let Some(port) = port(&http.port) else {
             return Check::Unsupported("unresolvable port");
         };
@@ -112,7 +123,11 @@ pub fn check(probe: &Probe, container: &Container, pod_ip: IpAddr) -> Check {
         };
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let host = tcp.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
+        let host = tcp
+            .host
+            .as_deref()
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(pod_ip);
         return match port(&tcp.port) {
             Some(port) => Check::Tcp {
                 addr: SocketAddr::new(host, port),
@@ -162,7 +177,9 @@ impl ProbeState {
     /// takes as long as the spec says.
     pub fn new(probe: &Probe, period: Duration, initially: bool) -> Self {
         let positive = |v: Option<i32>, default: u32| {
-            v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default)
+            v.and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(default)
         };
         let spec_period = Duration::from_secs(positive(probe.period_seconds, 10).into());
         let runs_per_period = spec_period.as_secs_f64() / period.as_secs_f64().max(0.001);
@@ -216,6 +233,39 @@ pub fn timeout(probe: &Probe) -> Duration {
     Duration::from_secs(secs.filter(|s| *s > 0).unwrap_or(1))
 }
 
+/// A probe of the running container with its state.
+pub(crate) struct Probing {
+    check: Check,
+    timeout: Duration,
+    /// Consecutive results and the verdict.
+    pub(crate) state: ProbeState,
+}
+
+impl Probing {
+    pub(crate) fn new(
+        probe: &Option<Probe>,
+        container: &Container,
+        ip: Ipv4Addr,
+        period: Duration,
+        initially: bool,
+    ) -> Option<Self> {
+        probe.as_ref().map(|p| Probing {
+            check: check(p, container, IpAddr::V4(ip)),
+            timeout: timeout(p),
+            state: ProbeState::new(p, period, initially),
+        })
+    }
+
+    /// Runs the probe if due; returns the verdict change, if any.
+    pub(crate) async fn run(&mut self, since_start: Duration) -> Option<bool> {
+        if !self.state.due(since_start) {
+            return None;
+        }
+        let ok = run(&self.check, self.timeout).await;
+        self.state.record(ok)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,7 +299,11 @@ mod tests {
             assert_eq!(state.record(false), None);
         }
         assert_eq!(state.record(false), Some(false));
-        assert_eq!(state.record(true), Some(true), "one success is seen at once");
+        assert_eq!(
+            state.record(true),
+            Some(true),
+            "one success is seen at once"
+        );
     }
 
     #[test]
@@ -284,7 +338,8 @@ mod tests {
 
     #[test]
     fn responses_parse() {
-        let r = parse_response(b"HTTP/1.0 503 Service Unavailable\r\nA: b\r\n\r\nnope").expect("parses");
+        let r = parse_response(b"HTTP/1.0 503 Service Unavailable\r\nA: b\r\n\r\nnope")
+            .expect("parses");
         assert_eq!((r.status, r.body.as_str()), (503, "nope"));
         assert!(parse_response(b"garbage").is_err());
     }

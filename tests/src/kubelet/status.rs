@@ -102,17 +102,18 @@ impl PodRecord {
 
     /// The status to write. `scheduled` is the scheduler's own PodScheduled condition, kept as is.
     pub fn render(&self, scheduled: Option<&PodCondition>) -> PodStatus {
-        let conditions = self.conditions.iter().map(|(kind, (status, at))| {
-            match (*kind, scheduled) {
-                ("PodScheduled", Some(c)) => c.clone(),
-                _ => PodCondition {
-                    type_: (*kind).into(),
-                    status: if *status { "True" } else { "False" }.into(),
-                    last_transition_time: Some(Time(*at)),
-                    ..PodCondition::default()
-                },
-            }
-        });
+        let conditions =
+            self.conditions
+                .iter()
+                .map(|(kind, (status, at))| match (*kind, scheduled) {
+                    ("PodScheduled", Some(c)) => c.clone(),
+                    _ => PodCondition {
+                        type_: (*kind).into(),
+                        status: if *status { "True" } else { "False" }.into(),
+                        last_transition_time: Some(Time(*at)),
+                        ..PodCondition::default()
+                    },
+                });
         PodStatus {
             phase: Some(self.phase.into()),
             reason: self.reason.clone(),
@@ -217,7 +218,10 @@ mod tests {
         assert_eq!(json["podIPs"][0]["ip"], "127.0.1.1");
         assert_eq!(json["hostIP"], "127.0.0.1");
         let cs = &json["containerStatuses"][0];
-        assert_eq!((cs["ready"].as_bool(), cs["restartCount"].as_i64()), (Some(true), Some(1)));
+        assert_eq!(
+            (cs["ready"].as_bool(), cs["restartCount"].as_i64()),
+            (Some(true), Some(1))
+        );
         assert_eq!(cs["containerID"], "pid://42");
         assert!(cs["state"]["running"]["startedAt"].is_string());
         let conditions: Vec<(String, String)> = status
@@ -227,7 +231,10 @@ mod tests {
             .map(|c| (c.type_.clone(), c.status.clone()))
             .collect();
         for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
-            assert!(conditions.contains(&(kind.into(), "True".into())), "{conditions:?}");
+            assert!(
+                conditions.contains(&(kind.into(), "True".into())),
+                "{conditions:?}"
+            );
         }
     }
 

@@ -48,7 +48,11 @@ impl Volumes {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let mut volumes = Volumes::default();
-        let specs = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+        let specs = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
         for volume in specs {
             let dir = pod_dir.join("volumes").join(&volume.name);
             if let Some(host) = &volume.host_path {
@@ -136,15 +140,28 @@ fn mode(mode: Option<i32>) -> u32 {
 }
 
 fn configmap_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let text = cm.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes()));
-    let binary = cm.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone()));
+    let text = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+    let binary = cm
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()));
     text.chain(binary).collect()
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    let data = secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone()));
+    let data = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()));
     let text = secret.string_data.iter().flatten();
-    data.chain(text.map(|(k, v)| (k.clone(), v.clone().into_bytes()))).collect()
+    data.chain(text.map(|(k, v)| (k.clone(), v.clone().into_bytes())))
+        .collect()
 }
 
 /// The files a volume shows for `data`: every key, or only `items` (each under its own path).
@@ -165,7 +182,10 @@ fn project(data: &BTreeMap<String, Vec<u8>>, projection: &Projection) -> Result<
             Some(bytes) => {
                 let content = FileContent {
                     data: bytes.clone(),
-                    mode: item.mode.map(|m| mode(Some(m))).unwrap_or(projection.default_mode),
+                    mode: item
+                        .mode
+                        .map(|m| mode(Some(m)))
+                        .unwrap_or(projection.default_mode),
                 };
                 payload.insert(item.path.clone(), content);
             }
@@ -229,7 +249,11 @@ mod tests {
     use super::*;
 
     fn data() -> BTreeMap<String, Vec<u8>> {
-        [("a".to_string(), b"1".to_vec()), ("b".to_string(), b"2".to_vec())].into()
+        [
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec()),
+        ]
+        .into()
     }
 
     fn item(key: &str, path: &str) -> KeyToPath {

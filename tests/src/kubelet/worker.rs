@@ -3,15 +3,19 @@
 
 use super::error::Error;
 use super::launch::{self, PodPlacement};
-use super::probe::{self, Check, ProbeState};
+use super::podspec::{
+    containers, deleting, gpu_request, grace_period, liveness_grace, previous_restart_count,
+    ran_before, restart_policy,
+};
+use super::probe::Probing;
 use super::process::{Exit, Process};
 use super::status::{terminated, ContainerRecord, PodRecord, State};
 use super::volumes::Volumes;
 use super::Shared;
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,38 +32,6 @@ enum End {
     Gone,
     /// The stand-in is stopping.
     Shutdown,
-}
-
-/// A probe of the running container with its state.
-struct Probing {
-    check: Check,
-    timeout: Duration,
-    state: ProbeState,
-}
-
-impl Probing {
-    fn new(
-        probe: &Option<Probe>,
-        container: &Container,
-        ip: Ipv4Addr,
-        period: Duration,
-        initially: bool,
-    ) -> Option<Self> {
-        probe.as_ref().map(|p| Probing {
-            check: probe::check(p, container, IpAddr::V4(ip)),
-            timeout: probe::timeout(p),
-            state: ProbeState::new(p, period, initially),
-        })
-    }
-
-    /// Runs the probe if due; returns the verdict change, if any.
-    async fn run(&mut self, since_start: Duration) -> Option<bool> {
-        if !self.state.due(since_start) {
-            return None;
-        }
-        let ok = probe::run(&self.check, self.timeout).await;
-        self.state.record(ok)
-    }
 }
 
 /// The running container and what is known about it.
@@ -115,7 +87,10 @@ impl Worker {
             let restart_count = previous_restart_count(&pod, &c.name);
             let state = match i {
                 0 => waiting("ContainerCreating", ""),
-                _ => waiting("Unsupported", "gpupool-kubelet runs only a pod's first container"),
+                _ => waiting(
+                    "Unsupported",
+                    "gpupool-kubelet runs only a pod's first container",
+                ),
             };
             ContainerRecord {
                 name: c.name.clone(),
@@ -163,7 +138,12 @@ impl Worker {
         self.record.set_condition("Initialized", true);
         self.write_status().await;
 
-        match Volumes::start(&self.shared.client, &self.shared.config, &self.pod, &self.dir) {
+        match Volumes::start(
+            &self.shared.client,
+            &self.shared.config,
+            &self.pod,
+            &self.dir,
+        ) {
             Ok(volumes) => self.volumes = Some(volumes),
             Err(e) => {
                 self.set_waiting("CreateContainerConfigError", &e.to_string());
@@ -181,11 +161,16 @@ impl Worker {
     fn admit(&mut self) -> Result<(), String> {
         let want = gpu_request(&self.pod);
         let gpus = self.shared.gpus().allocate(want);
-        self.gpus = gpus.ok_or_else(|| format!("the node has fewer than {want} free nvidia.com/gpu"))?;
+        self.gpus =
+            gpus.ok_or_else(|| format!("the node has fewer than {want} free nvidia.com/gpu"))?;
         let preferred = self.pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
-        let ip = self.shared.ipam().allocate(preferred.and_then(|ip| ip.parse().ok()));
+        let ip = self
+            .shared
+            .ipam()
+            .allocate(preferred.and_then(|ip| ip.parse().ok()));
         let ip = ip.map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("creating", &self.dir, e).to_string())?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io("creating", &self.dir, e).to_string())?;
         tracing::info!(pod = %self.key, %ip, gpus = ?self.gpus, "pod address and GPUs assigned");
         self.ip = Some(ip);
         self.record.ip = Some(ip);
@@ -201,9 +186,7 @@ impl Worker {
             let pending = volumes.pending().join(", ");
             self.set_waiting("ContainerCreating", &format!("waiting for {pending}"));
             self.write_status().await;
-            let Some(volumes) = self.volumes.as_mut() else {
-                return None;
-            };
+            let volumes = self.volumes.as_mut()?;
             tokio::select! {
                 _ = volumes.wait_ready() => return None,
                 end = next_event(&mut self.updates, &self.shutdown, &mut self.pod) => {
@@ -234,7 +217,8 @@ impl Worker {
         let (base_backoff, max_backoff) = (config.restart_backoff, config.max_restart_backoff);
         let mut backoff = base_backoff;
         let mut next_start = Some(Instant::now());
-        let mut first_start = true;
+        // A pod this node ran before (the stand-in was restarted) counts its next start as a restart.
+        let mut first_start = !ran_before(&self.pod, &container.name);
         let mut tick = tokio::time::interval(self.shared.config.probe_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -301,7 +285,8 @@ impl Worker {
             gpus: &self.gpus,
             set_cuda_visible_devices: config.set_cuda_visible_devices,
         };
-        let launch = launch::build(&self.shared.client, &placement, container, program, log).await?;
+        let launch =
+            launch::build(&self.shared.client, &placement, container, program, log).await?;
         let process = Process::spawn(&container.name, &launch)?;
         let pid = process.pid();
         let pid_file = self.dir.join(format!("{}.pid", container.name));
@@ -350,14 +335,19 @@ impl Worker {
         tracing::info!(pod = %self.key, code = exit.code, signal = ?exit.signal, ?reason, restart, "container exited");
         let delay = *backoff;
         *backoff = (*backoff * 2).min(self.shared.config.max_restart_backoff);
-        let Some(c) = self.first_container() else {
-            return None;
-        };
+        let c = self.first_container()?;
         let started = match &c.state {
             State::Running(at) => Some(*at),
             _ => None,
         };
-        let term = terminated(exit.code, exit.signal, started, exit.finished_at, c.pid, reason);
+        let term = terminated(
+            exit.code,
+            exit.signal,
+            started,
+            exit.finished_at,
+            c.pid,
+            reason,
+        );
         c.ready = false;
         c.started = false;
         c.pid = None;
@@ -368,7 +358,11 @@ impl Worker {
             Some(Instant::now() + delay)
         } else {
             c.state = State::Terminated(term);
-            self.record.phase = if exit.code == 0 { "Succeeded" } else { "Failed" };
+            self.record.phase = if exit.code == 0 {
+                "Succeeded"
+            } else {
+                "Failed"
+            };
             None
         }
     }
@@ -420,7 +414,14 @@ impl Worker {
             let reason = (end == End::Shutdown).then_some("KubeletStopped");
             if let Some(c) = self.first_container() {
                 let started = Some(running.process.started_at);
-                let term = terminated(exit.code, exit.signal, started, exit.finished_at, c.pid, reason);
+                let term = terminated(
+                    exit.code,
+                    exit.signal,
+                    started,
+                    exit.finished_at,
+                    c.pid,
+                    reason,
+                );
                 c.state = State::Terminated(term);
                 c.pid = None;
             }
@@ -474,7 +475,10 @@ impl Worker {
     async fn write_status(&mut self) {
         let scheduled = self.pod.status.as_ref().and_then(|s| {
             let conditions = s.conditions.iter().flatten();
-            conditions.into_iter().find(|c| c.type_ == "PodScheduled").cloned()
+            conditions
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .cloned()
         });
         let status = self.record.render(scheduled.as_ref());
         let Ok(json) = serde_json::to_value(&status) else {
@@ -485,7 +489,11 @@ impl Worker {
         }
         let name = self.pod.metadata.name.clone().unwrap_or_default();
         let patch = Patch::Strategic(serde_json::json!({ "status": json }));
-        match self.api.patch_status(&name, &PatchParams::default(), &patch).await {
+        match self
+            .api
+            .patch_status(&name, &PatchParams::default(), &patch)
+            .await
+        {
             Ok(_) => self.written = Some(json),
             Err(e) => tracing::warn!(pod = %self.key, error = %e, "cannot write pod status"),
         }
@@ -527,52 +535,4 @@ fn waiting(reason: &str, message: &str) -> State {
         reason: reason.into(),
         message: message.into(),
     }
-}
-
-fn containers(pod: &Pod) -> Vec<Container> {
-    pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default()
-}
-
-fn deleting(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-}
-
-fn restart_policy(pod: &Pod) -> &str {
-    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
-    policy.unwrap_or("Always")
-}
-
-fn previous_restart_count(pod: &Pod, container: &str) -> i32 {
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-    let found = statuses.into_iter().flatten().find(|c| c.name == container);
-    found.map(|c| c.restart_count).unwrap_or(0)
-}
-
-/// How long a deleted pod gets: `deletionGracePeriodSeconds`, else the spec's, else 30 s.
-fn grace_period(pod: &Pod) -> Duration {
-    let spec = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
-    let secs = pod.metadata.deletion_grace_period_seconds.or(spec).unwrap_or(30);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
-
-fn liveness_grace(pod: &Pod, container: &Container) -> Duration {
-    let probe = container.liveness_probe.as_ref();
-    match probe.and_then(|p| p.termination_grace_period_seconds) {
-        Some(secs) => Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
-        None => {
-            let spec = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
-            Duration::from_secs(u64::try_from(spec.unwrap_or(30)).unwrap_or(0))
-        }
-    }
-}
-
-/// `nvidia.com/gpu` the pod's containers ask for (limits, else requests), summed.
-pub(crate) fn gpu_request(pod: &Pod) -> u32 {
-    let count = |c: &Container| -> u32 {
-        let res = c.resources.as_ref();
-        let limit = res.and_then(|r| r.limits.as_ref()).and_then(|l| l.get("nvidia.com/gpu"));
-        let request = res.and_then(|r| r.requests.as_ref()).and_then(|l| l.get("nvidia.com/gpu"));
-        limit.or(request).and_then(|q| q.0.parse().ok()).unwrap_or(0)
-    };
-    containers(pod).iter().map(count).sum()
 }

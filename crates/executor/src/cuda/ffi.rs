@@ -90,7 +90,9 @@ fn check(rc: c_int) -> Result<(), ShimError> {
         OK => Ok(()),
         ENODEV => Err(ShimError::NoDevice),
         ENOENT => Err(ShimError::NotFound),
-        3 => Err(ShimError::Torch("invalid argument to the executor shim".into())),
+        3 => Err(ShimError::Torch(
+            "invalid argument to the executor shim".into(),
+        )),
         _ => Err(ShimError::Torch(last_error())),
     }
 }
@@ -100,7 +102,8 @@ fn c_string(s: &str) -> Result<CString, ShimError> {
 }
 
 fn device_index(device: usize) -> Result<c_int, ShimError> {
-    c_int::try_from(device).map_err(|_| ShimError::Torch(format!("device index {device} too large")))
+    c_int::try_from(device)
+        .map_err(|_| ShimError::Torch(format!("device index {device} too large")))
 }
 
 /// Number of CUDA devices libtorch can use (0 on a machine without a GPU).
@@ -119,7 +122,13 @@ pub fn cuda_device_count() -> usize {
 pub fn stream_acquire(device: usize, high_priority: bool) -> Result<usize, ShimError> {
     let mut handle: *mut c_void = std::ptr::null_mut();
     // SAFETY: handle is a valid out-pointer.
-    check(unsafe { gpupool_stream_acquire(device_index(device)?, c_int::from(high_priority), &mut handle) })?;
+    check(unsafe {
+        gpupool_stream_acquire(
+            device_index(device)?,
+            c_int::from(high_priority),
+            &mut handle,
+        )
+    })?;
     Ok(handle as usize)
 }
 
@@ -141,7 +150,9 @@ pub fn stream_synchronize(device: usize) -> Result<(), ShimError> {
 pub fn allocator_stats(device: usize) -> Result<(u64, u64, u64, u64), ShimError> {
     let (mut a, mut r, mut pa, mut pr) = (0u64, 0u64, 0u64, 0u64);
     // SAFETY: four valid out-pointers.
-    check(unsafe { gpupool_allocator_stats(device_index(device)?, &mut a, &mut r, &mut pa, &mut pr) })?;
+    check(unsafe {
+        gpupool_allocator_stats(device_index(device)?, &mut a, &mut r, &mut pa, &mut pr)
+    })?;
     Ok((a, r, pa, pr))
 }
 
@@ -180,7 +191,13 @@ pub fn set_cudnn_benchmark(enabled: bool) -> Result<(), ShimError> {
 /// `dst.copy_(src, non_blocking)`.
 pub fn tensor_copy(dst: &mut Tensor, src: &Tensor, non_blocking: bool) -> Result<(), ShimError> {
     // SAFETY: both pointers are live at::Tensor objects owned by the borrowed tch tensors.
-    check(unsafe { gpupool_tensor_copy(dst.as_mut_ptr().cast(), src.as_ptr().cast(), c_int::from(non_blocking)) })
+    check(unsafe {
+        gpupool_tensor_copy(
+            dst.as_mut_ptr().cast(),
+            src.as_ptr().cast(),
+            c_int::from(non_blocking),
+        )
+    })
 }
 
 fn device_type_code(device: Device) -> c_int {
@@ -202,7 +219,11 @@ impl AutocastGuard {
         let scalar = match kind {
             Kind::Half => 5,
             Kind::BFloat16 => 15,
-            other => return Err(ShimError::Torch(format!("autocast to {other:?} is not supported"))),
+            other => {
+                return Err(ShimError::Torch(format!(
+                    "autocast to {other:?} is not supported"
+                )))
+            }
         };
         let device_type = device_type_code(device);
         // SAFETY: plain value arguments.
@@ -223,14 +244,30 @@ pub fn archive_record(path: &str, name: &str) -> Result<Option<Vec<u8>>, ShimErr
     let (cpath, cname) = (c_string(path)?, c_string(name)?);
     let mut len = 0usize;
     // SAFETY: strings are NUL-terminated; a null buffer with length 0 only queries the size.
-    match check(unsafe { gpupool_archive_record(cpath.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0, &mut len) }) {
+    match check(unsafe {
+        gpupool_archive_record(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            &mut len,
+        )
+    }) {
         Err(ShimError::NotFound) => return Ok(None),
         other => other?,
     }
     let mut buf = vec![0u8; len];
     let mut got = 0usize;
     // SAFETY: buf is valid for buf.len() bytes and the shim copies at most that many.
-    check(unsafe { gpupool_archive_record(cpath.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut got) })?;
+    check(unsafe {
+        gpupool_archive_record(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut got,
+        )
+    })?;
     buf.truncate(got.min(buf.len()));
     Ok(Some(buf))
 }
@@ -259,7 +296,9 @@ impl AotiPackage {
         // SAFETY: NUL-terminated path, valid out-pointer.
         check(unsafe { gpupool_aoti_load(cpath.as_ptr(), index, runners.max(1), &mut handle) })?;
         if handle.is_null() {
-            return Err(ShimError::Torch("AOTInductor loader returned no package".into()));
+            return Err(ShimError::Torch(
+                "AOTInductor loader returned no package".into(),
+            ));
         }
         Ok(Self { handle })
     }
@@ -269,9 +308,18 @@ impl AotiPackage {
         let mut out: *mut c_void = std::ptr::null_mut();
         // SAFETY: handle is live (freed only in Drop); input is a live at::Tensor; the stream
         // handle came from stream_acquire/stream_current (or is null).
-        check(unsafe { gpupool_aoti_run(self.handle, input.as_ptr().cast(), stream as *mut c_void, &mut out) })?;
+        check(unsafe {
+            gpupool_aoti_run(
+                self.handle,
+                input.as_ptr().cast(),
+                stream as *mut c_void,
+                &mut out,
+            )
+        })?;
         if out.is_null() {
-            return Err(ShimError::Torch("AOTInductor run returned no tensor".into()));
+            return Err(ShimError::Torch(
+                "AOTInductor run returned no tensor".into(),
+            ));
         }
         // SAFETY: out is a heap-allocated at::Tensor that we now own, exactly as tch's own
         // functions return tensors; tch frees it on drop.
@@ -284,7 +332,15 @@ impl AotiPackage {
         let mut buf = vec![0u8; 4096];
         let mut len = 0usize;
         // SAFETY: live handle, NUL-terminated key, buffer valid for its length.
-        match check(unsafe { gpupool_aoti_metadata(self.handle, ckey.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut len) }) {
+        match check(unsafe {
+            gpupool_aoti_metadata(
+                self.handle,
+                ckey.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut len,
+            )
+        }) {
             Err(ShimError::NotFound) => return Ok(None),
             other => other?,
         }
@@ -302,12 +358,16 @@ impl Drop for AotiPackage {
 
 fn check_host_f32(t: &Tensor, offset: usize, len: usize) -> Result<(), ShimError> {
     if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
-        return Err(ShimError::Torch("expected a contiguous float32 CPU tensor".into()));
+        return Err(ShimError::Torch(
+            "expected a contiguous float32 CPU tensor".into(),
+        ));
     }
     let numel = t.numel();
     match offset.checked_add(len) {
         Some(end) if end <= numel => Ok(()),
-        _ => Err(ShimError::Torch(format!("range {offset}+{len} outside a tensor of {numel} elements"))),
+        _ => Err(ShimError::Torch(format!(
+            "range {offset}+{len} outside a tensor of {numel} elements"
+        ))),
     }
 }
 

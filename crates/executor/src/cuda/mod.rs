@@ -87,12 +87,16 @@ impl ComputeDevice {
     pub fn allocator_stats(self) -> Option<AllocatorStats> {
         match self {
             ComputeDevice::Cpu => None,
-            ComputeDevice::Cuda(i) => ffi::allocator_stats(i).ok().map(|(a, r, pa, pr)| AllocatorStats {
-                allocated: a,
-                reserved: r,
-                peak_allocated: pa,
-                peak_reserved: pr,
-            }),
+            ComputeDevice::Cuda(i) => {
+                ffi::allocator_stats(i)
+                    .ok()
+                    .map(|(a, r, pa, pr)| AllocatorStats {
+                        allocated: a,
+                        reserved: r,
+                        peak_allocated: pa,
+                        peak_reserved: pr,
+                    })
+            }
         }
     }
 
@@ -115,7 +119,9 @@ impl ComputeDevice {
     /// Caps the process's caching allocator at `budget` bytes (as a fraction of the device), so
     /// libtorch itself refuses to cross the budget even if an estimate was wrong.
     pub fn cap_memory(self, budget: u64) -> Result<Option<f64>, ShimError> {
-        let ComputeDevice::Cuda(i) = self else { return Ok(None) };
+        let ComputeDevice::Cuda(i) = self else {
+            return Ok(None);
+        };
         let total = ffi::device_total_memory(i)?;
         if total == 0 {
             return Ok(None);

@@ -5,6 +5,8 @@
 use gpupool_api::sidecar::{AdmissionConfig, SidecarConfig, SidecarModelConfig};
 use gpupool_api::{InputSpec, ModelFormat, ModelSource, Precision};
 use gpupool_executor::{CalibrationOptions, DeviceChoice, EngineOptions};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -28,7 +30,9 @@ pub fn models_dir() -> PathBuf {
 pub fn venv_python() -> PathBuf {
     let venv = std::env::var_os("GPUPOOL_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/gpupool/venv"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/gpupool/venv")
+        });
     venv.join("bin/python")
 }
 
@@ -36,12 +40,30 @@ fn export_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/export.py")
 }
 
-/// Exports (once; later runs reuse the file) `model` with the given settings and returns its path.
-/// `None` when the export fails (e.g. no C++ compiler for an AOTInductor package).
-pub fn try_export(model: &str, precision: &str, format: &str, extra: &[&str]) -> Result<PathBuf, String> {
+/// A hash of the export script and the architectures: cached files are re-exported when they change.
+fn sources_hash() -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for source in ["export.py", "spheroid.py"] {
+        let path = export_script().with_file_name(source);
+        std::fs::read(&path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Exports (once; later runs reuse the file) `model` with the given settings and returns its path,
+/// or why the export failed (e.g. no C++ compiler for an AOTInductor package).
+pub fn try_export(
+    model: &str,
+    precision: &str,
+    format: &str,
+    extra: &[&str],
+) -> Result<PathBuf, String> {
     let suffix = if format == "aotinductor" { "pt2" } else { "pt" };
     let tag = extra.join("").replace("--", "-").replace(' ', "");
-    let path = models_dir().join(format!("{model}-s{SIZE}-w{WIDTH}-{precision}{tag}.{suffix}"));
+    let hash = sources_hash();
+    let path = models_dir().join(format!(
+        "{model}-s{SIZE}-w{WIDTH}-{precision}{tag}-{hash:016x}.{suffix}"
+    ));
     let _guard = EXPORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if path.is_file() {
         return Ok(path);
@@ -53,15 +75,29 @@ pub fn try_export(model: &str, precision: &str, format: &str, extra: &[&str]) ->
     let width = WIDTH.to_string();
     let output = Command::new(venv_python())
         .arg(export_script())
-        .args(["--model", model, "--size", &size, "--width", &width, "--precision", precision])
-        .args(["--format", format, "--device", "cpu", "--seed", "0", "--out"])
+        .args([
+            "--model",
+            model,
+            "--size",
+            &size,
+            "--width",
+            &width,
+            "--precision",
+            precision,
+        ])
+        .args([
+            "--format", format, "--device", "cpu", "--seed", "0", "--out",
+        ])
         .arg(&tmp)
         .args(extra)
         .output()
         .map_err(|e| format!("running {}: {e}", venv_python().display()))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("export of {model} failed: {}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "export of {model} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     std::fs::rename(&tmp, &path).unwrap();
     Ok(path)
@@ -76,8 +112,15 @@ pub fn torchscript(model: &str) -> PathBuf {
 pub fn model_config(name: &str, path: &Path) -> SidecarModelConfig {
     SidecarModelConfig {
         name: name.to_owned(),
-        source: ModelSource { uri: path.display().to_string(), format: ModelFormat::Torchscript },
-        input: InputSpec { width: SIZE, height: SIZE, ..InputSpec::default() },
+        source: ModelSource {
+            uri: path.display().to_string(),
+            format: ModelFormat::Torchscript,
+        },
+        input: InputSpec {
+            width: SIZE,
+            height: SIZE,
+            ..InputSpec::default()
+        },
         precision: Precision::Auto,
         max_batch: 8,
         slots: 2,
@@ -95,7 +138,11 @@ pub fn config(models: Vec<SidecarModelConfig>) -> SidecarConfig {
         generation: 1,
         memory_budget_bytes: 4 << 30,
         streams: 4,
-        admission: AdmissionConfig { reject_above: 0.95, memory_pressure_watermark: 0.85, max_queue_per_model: 256 },
+        admission: AdmissionConfig {
+            reject_above: 0.95,
+            memory_pressure_watermark: 0.85,
+            max_queue_per_model: 256,
+        },
         models,
     }
 }
@@ -104,7 +151,10 @@ pub fn config(models: Vec<SidecarModelConfig>) -> SidecarConfig {
 pub fn options() -> EngineOptions {
     EngineOptions {
         device: DeviceChoice::Cpu,
-        calibration: CalibrationOptions { warmup: 1, iterations: 2 },
+        calibration: CalibrationOptions {
+            warmup: 1,
+            iterations: 2,
+        },
         sample_interval: Duration::from_millis(20),
         memory_wait: Duration::from_secs(10),
         ..EngineOptions::default()
@@ -132,11 +182,16 @@ pub fn direct(path: &Path, images: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let input = tch::Tensor::from_slice(&flat).reshape([images.len() as i64, 3, s, s]);
     let out = tch::no_grad(|| module.forward_ts(&[input])).unwrap();
     let out: Vec<f32> = Vec::try_from(out.flatten(0, -1)).unwrap();
-    out.chunks((SIZE * SIZE) as usize).map(<[f32]>::to_vec).collect()
+    out.chunks((SIZE * SIZE) as usize)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 /// Largest absolute difference between two equally long vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

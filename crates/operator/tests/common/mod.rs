@@ -28,7 +28,12 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator watching `namespace` only, with its Lease in that namespace and a
     /// short lease (5 s), plus `extra` flags (later flags win).
-    pub fn start(cp: &ControlPlane, namespace: &str, identity: &str, extra: &[&str]) -> Result<Self> {
+    pub fn start(
+        cp: &ControlPlane,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("{namespace}-{identity}.log"));
@@ -39,7 +44,14 @@ impl Operator {
             .args(["--namespace", namespace, "--lease-namespace", namespace])
             .args(["--identity", identity, "--http-addr", "127.0.0.1:0"])
             .args(["--sidecar-image", "gpupool/sidecar:test"])
-            .args(["--lease-duration", "5s", "--renew-deadline", "3s", "--retry-period", "1s"])
+            .args([
+                "--lease-duration",
+                "5s",
+                "--renew-deadline",
+                "3s",
+                "--retry-period",
+                "1s",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -164,7 +176,9 @@ pub fn apply(cp: &ControlPlane, namespace: &str, yaml: &str) -> Result<()> {
 
 /// The pool, read fresh.
 pub async fn pool(client: &Client, namespace: &str, name: &str) -> Result<InferencePool> {
-    Ok(Api::<InferencePool>::namespaced(client.clone(), namespace).get(name).await?)
+    Ok(Api::<InferencePool>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await?)
 }
 
 /// Waits for the pool's Deployment.

@@ -79,10 +79,11 @@ pub async fn read_form(
             }
             "detect_holes" => {
                 let raw = text(&data, "detect_holes")?;
-                form.detect_holes = Some(parse_bool(&raw).ok_or_else(|| ApiError::InvalidField {
-                    field: "detect_holes",
-                    message: format!("{raw:?} is not true or false"),
-                })?);
+                form.detect_holes =
+                    Some(parse_bool(&raw).ok_or_else(|| ApiError::InvalidField {
+                        field: "detect_holes",
+                        message: format!("{raw:?} is not true or false"),
+                    })?);
             }
             // Unknown fields are ignored, as FastAPI did.
             _ => {}

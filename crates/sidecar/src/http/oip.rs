@@ -44,7 +44,10 @@ pub async fn model_metadata(
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let m = state.pipeline.model(&model)?;
-    let (w, h) = (i64::from(m.geometry.width()), i64::from(m.geometry.height()));
+    let (w, h) = (
+        i64::from(m.geometry.width()),
+        i64::from(m.geometry.height()),
+    );
     Ok(Json(json!({
         "name": m.name,
         "versions": ["1"],
@@ -69,7 +72,10 @@ pub async fn model_ready(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((code, Json(json!({"name": m.name, "ready": ready, "reason": m.reason}))))
+    Ok((
+        code,
+        Json(json!({"name": m.name, "ready": ready, "reason": m.reason})),
+    ))
 }
 
 /// One input tensor of an infer request.
@@ -109,12 +115,11 @@ pub async fn infer(
         }
     })?;
     let m = state.pipeline.model(&model)?;
-    let [input] = <[InputTensor; 1]>::try_from(request.inputs).map_err(|inputs| {
-        ApiError::InvalidField {
+    let [input] =
+        <[InputTensor; 1]>::try_from(request.inputs).map_err(|inputs| ApiError::InvalidField {
             field: "inputs",
             message: format!("expected exactly one input tensor, got {}", inputs.len()),
-        }
-    })?;
+        })?;
     if input.datatype != "FP32" {
         return Err(ApiError::InvalidField {
             field: "datatype",

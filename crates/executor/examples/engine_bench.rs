@@ -1,0 +1,137 @@
+//! Closed-loop benchmark of the engine alone (no HTTP, no decode): `clients` tasks each submit one
+//! pre-processed image, wait for its logits, submit the next. Prints one JSON report.
+//!
+//!     engine_bench CONFIG.yaml --clients 8 --seconds 10 [--model NAME ...] [--device cuda]
+//!
+//! Models are given to clients round-robin (the seed's 4/2/2 split: `--model hrnet` ×4 ...).
+//! Used by bench/gpu_run.sh; the report includes the allocator's high-water mark and the budget.
+
+use gpupool_api::sidecar::SidecarConfig;
+use gpupool_executor::{DeviceChoice, Engine, EngineOptions};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn arg_values(args: &[String], flag: &str) -> Vec<String> {
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].clone())
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args
+        .get(1)
+        .ok_or("usage: engine_bench CONFIG.yaml [--clients N] [--seconds S] [--model M ...]")?;
+    let config = SidecarConfig::from_yaml(&std::fs::read_to_string(path)?)?;
+    let clients: usize = arg_values(&args, "--clients")
+        .first()
+        .map_or(Ok(8), |v| v.parse())?;
+    let seconds: f64 = arg_values(&args, "--seconds")
+        .first()
+        .map_or(Ok(10.0), |v| v.parse())?;
+    let device = match arg_values(&args, "--device").first().map(String::as_str) {
+        Some("cpu") => DeviceChoice::Cpu,
+        Some("cuda") => DeviceChoice::Cuda,
+        _ => DeviceChoice::Auto,
+    };
+    let mut models = arg_values(&args, "--model");
+    if models.is_empty() {
+        models = config.models.iter().map(|m| m.name.clone()).collect();
+    }
+    let sizes: BTreeMap<String, usize> = config
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                3 * m.input.width as usize * m.input.height as usize,
+            )
+        })
+        .collect();
+    let options = EngineOptions {
+        device,
+        ..EngineOptions::default()
+    };
+    let t0 = Instant::now();
+    let engine = Engine::start(config.clone(), options)?;
+    engine.started().await;
+    let startup_s = t0.elapsed().as_secs_f64();
+    if !engine.ready() {
+        eprintln!(
+            "engine not ready: {}",
+            serde_json::to_string(&engine.telemetry())?
+        );
+        return Err("engine did not become ready".into());
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let engine = engine.clone();
+        let model = models[i % models.len()].clone();
+        let len = *sizes.get(&model).ok_or("unknown model")?;
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            // Deterministic, normalised-looking input (values in about [-2, 2]).
+            let image: Vec<f32> = (0..len)
+                .map(|j| ((j * 7919 + i) % 1000) as f32 / 250.0 - 2.0)
+                .collect();
+            for _ in 0..2 {
+                let _ = engine.infer(&model, image.clone()).await;
+            }
+            start.wait().await;
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match engine.infer(&model, image.clone()).await {
+                    Ok(_) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(_) => errors += 1,
+                }
+            }
+            (model, latencies, errors)
+        }));
+    }
+    start.wait().await;
+    let t_start = Instant::now();
+    let mut all = Vec::new();
+    let mut per_model: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (model, latencies, e) = task.await?;
+        *per_model.entry(model).or_default() += latencies.len() as u64;
+        all.extend(latencies);
+        errors += e;
+    }
+    let elapsed = t_start.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    let telemetry = engine.telemetry();
+    let report = serde_json::json!({
+        "clients": clients,
+        "seconds": elapsed,
+        "startup_seconds": startup_s,
+        "images": all.len(),
+        "errors": errors,
+        "images_per_second": all.len() as f64 / elapsed,
+        "per_model_images_per_second": per_model.iter().map(|(m, n)| (m.clone(), *n as f64 / elapsed)).collect::<BTreeMap<_, _>>(),
+        "p50_ms": percentile(&all, 0.5),
+        "p99_ms": percentile(&all, 0.99),
+        "peak_reserved_bytes": telemetry.allocator.peak_reserved_bytes,
+        "budget_bytes": telemetry.allocator.budget_bytes,
+        "oom_events": telemetry.models.iter().map(|m| m.oom_events_total).sum::<u64>(),
+        "models": telemetry.models,
+        "device": telemetry.device,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    engine.shutdown().await;
+    Ok(())
+}
