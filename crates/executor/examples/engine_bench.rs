@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_or(Ok(10.0), |v| v.parse())?;
     let device = match arg_values(&args, "--device").first().map(String::as_str) {
         Some("cpu") => DeviceChoice::Cpu,
-        Some("cuda") => DeviceChoice::Cuda,
+        Some("cuda") => DeviceChoice::Cuda(0),
         _ => DeviceChoice::Auto,
     };
     let mut models = arg_values(&args, "--model");

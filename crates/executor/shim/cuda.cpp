@@ -18,11 +18,16 @@ cudaDeviceProp* getDeviceProperties(c10::DeviceIndex device);
 }
 
 namespace {
+// Checks the device and initialises libtorch's CUDA state (the caching allocator among it) once,
+// as the first CUDA tensor would; the allocator refuses settings before that.
 int check_device(int device) {
   int count = static_cast<int>(c10::cuda::device_count());
   if (count <= 0 || !at::hasCUDA()) return GPUPOOL_ENODEV;
   if (device < 0 || device >= count) return GPUPOOL_EINVAL;
-  return GPUPOOL_OK;
+  GPUPOOL_GUARD({
+    at::globalContext().lazyInitDevice(at::kCUDA);
+    return GPUPOOL_OK;
+  })
 }
 }  // namespace
 #define GPUPOOL_CHECK_DEVICE(device)          \

@@ -33,6 +33,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Label selector matching every object the operator creates (and their pods).
+const MANAGED_SELECTOR: &str = "app.kubernetes.io/name=gpupool";
 /// Resync period when nothing else brings a pool back.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -66,7 +68,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     // nothing new (telemetry is cached for the interval, conditions keep their times) and write
     // nothing, so they end there. (A generation predicate would skip them, but needs kube's
     // unstable stream API.)
-    let pods_config = watcher::Config::default().labels("app.kubernetes.io/name=gpupool");
+    // Children and pods are watched through the label every object of a pool carries, so the
+    // operator never caches the cluster's other ConfigMaps, Deployments, Services or Pods.
+    let ours = || watcher::Config::default().labels(MANAGED_SELECTOR);
     let controller = Controller::new(pools, watcher::Config::default().any_semantic());
     tokio::spawn(forget_deleted_pools(
         ctx.clone(),
@@ -74,21 +78,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         shutdown.clone(),
     ));
     controller
-        .owns(
-            scoped::<ConfigMap>(&client, namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .owns(
-            scoped::<Deployment>(&client, namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .owns(
-            scoped::<Service>(&client, namespace.as_deref()),
-            watcher::Config::default(),
-        )
+        .owns(scoped::<ConfigMap>(&client, namespace.as_deref()), ours())
+        .owns(scoped::<Deployment>(&client, namespace.as_deref()), ours())
+        .owns(scoped::<Service>(&client, namespace.as_deref()), ours())
         .watches(
             scoped::<Pod>(&client, namespace.as_deref()),
-            pods_config,
+            ours(),
             pool_of_pod,
         )
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
@@ -380,10 +375,7 @@ impl<'a> PoolReconciler<'a> {
             )
             .await
             .map_err(|source| Error::ApplyChild {
-                kind: std::any::type_name::<K>()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or("object"),
+                kind: K::kind(&()).into_owned(),
                 name,
                 source,
             })
@@ -438,5 +430,19 @@ impl<'a> PoolReconciler<'a> {
             .with(&self.key, |m| m.last_status = Some(next.clone()));
         events::publish(&self.ctx.recorder, self.pool, &events).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_resync_period() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 30]
+            .map(|n| backoff(n).as_secs())
+            .to_vec();
+        assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
+        assert_eq!(backoff(0), Duration::from_secs(1));
     }
 }

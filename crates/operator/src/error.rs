@@ -28,7 +28,7 @@ pub enum Error {
     #[error("applying {kind} {name} failed")]
     ApplyChild {
         /// Kind of the child.
-        kind: &'static str,
+        kind: String,
         /// Name of the child.
         name: String,
         /// What the API server said.
@@ -149,4 +149,52 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[test]
+    fn spec_errors_wait_and_cluster_errors_retry() {
+        let invalid = Error::PlanRejected(PlanError::invalid("gpu.streams", "bad"));
+        assert_eq!(
+            (invalid.severity(), invalid.kind()),
+            (Severity::Permanent, ErrorKind::InvalidSpec)
+        );
+        let short = Error::PlanRejected(PlanError::Infeasible {
+            needed_bytes: 2,
+            budget_bytes: 1,
+            shortfall_bytes: 1,
+            detail: String::new(),
+        });
+        assert_eq!(short.kind().as_str(), "infeasible");
+        let apply = |code| Error::ApplyChild {
+            kind: "Deployment".into(),
+            name: "seg".into(),
+            source: api_error(code),
+        };
+        assert_eq!(apply(422).severity(), Severity::Permanent);
+        assert_eq!(apply(500).severity(), Severity::Transient);
+        assert_eq!(
+            Error::WriteStatus(api_error(409)).severity(),
+            Severity::Transient
+        );
+    }
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let error = Error::PlanRejected(PlanError::invalid("gpu.streams", "bad"));
+        assert_eq!(
+            chain(&error),
+            "plan rejected: invalid spec: gpu.streams: bad"
+        );
+    }
 }

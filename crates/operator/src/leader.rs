@@ -94,6 +94,7 @@ impl LeaderElector {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "acquired leadership");
                     return true;
                 }
+                Ok(Attempt::Raced) => tracing::debug!("lost a race for the lease"),
                 Ok(Attempt::HeldBy(holder)) => {
                     if last_holder.as_ref() != Some(&holder) {
                         tracing::info!(lease = %self.config.name, %holder, "standing by: another process leads");
@@ -121,6 +122,8 @@ impl LeaderElector {
             }
             match self.attempt().await {
                 Ok(Attempt::Held) => renewed = Instant::now(),
+                // Not renewed this round; the next read shows whether someone took over.
+                Ok(Attempt::Raced) => tracing::warn!("the lease changed under the leader"),
                 Ok(Attempt::HeldBy(holder)) => {
                     return LeadershipEnd::Lost(format!("lease taken over by {holder}"));
                 }
@@ -194,9 +197,7 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(Attempt::HeldBy("(unknown)".into()))
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
                 Err(e) => Err(LeaderError::Create(self.config.name.clone(), e)),
             };
         };
@@ -242,9 +243,7 @@ impl LeaderElector {
                 }
                 Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy(
-                holder.unwrap_or_else(|| "(unknown)".into()),
-            )),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
             Err(e) => Err(LeaderError::Update(self.config.name.clone(), e)),
         }
     }
@@ -268,4 +267,6 @@ enum Attempt {
     Held,
     /// Another process holds it.
     HeldBy(String),
+    /// Someone else wrote the Lease between our read and our write; the next read says who.
+    Raced,
 }

@@ -94,6 +94,7 @@ async fn exactly_one_reconciles_and_the_standby_takes_over() -> Result<()> {
     )
     .await?;
     let took = killed.elapsed();
+    eprintln!("the standby took over {took:?} after the leader was killed");
     assert_eq!(new_holder, standby.identity);
     assert!(
         took <= LEASE_DURATION + Duration::from_secs(5),

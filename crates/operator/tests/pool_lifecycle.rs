@@ -477,9 +477,7 @@ async fn an_infeasible_pool_says_why_and_deploys_nothing() -> Result<()> {
     apply(
         cp,
         &ns,
-        &huge
-            .replace("memoryBudget: 24Gi", "memoryBudget: 70Gi")
-            .replace("cardMemory: 80Gi", "cardMemory: 80Gi"),
+        &huge.replace("memoryBudget: 24Gi", "memoryBudget: 70Gi"),
     )?;
     let d = deployment(&client, &ns, "big").await?;
     apply(cp, &ns, &small_budget)?;

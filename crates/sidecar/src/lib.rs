@@ -6,9 +6,13 @@
 //! operator scales from, and applies config changes live.
 
 pub mod backend;
+pub mod engine_backend;
 pub mod error;
 pub mod http;
 pub mod imaging;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
+pub mod settings;
+pub mod shutdown;
 pub mod tensor;

@@ -36,8 +36,14 @@ pub fn venv_python() -> PathBuf {
     venv.join("bin/python")
 }
 
+/// `tests/models/export.py` of this checkout; for a test binary carried to another machine, the
+/// repository that holds the binary's target directory.
 fn export_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/export.py")
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/export.py");
+    if built_in.is_file() {
+        return built_in;
+    }
+    models_dir().join("../../tests/models/export.py")
 }
 
 /// A hash of the export script and the architectures: cached files are re-exported when they change.
