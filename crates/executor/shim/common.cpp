@@ -41,6 +41,18 @@ int gpupool_tensor_copy(void* dst, const void* src, int non_blocking) {
   })
 }
 
+// A new float32 CPU tensor of the given shape in page-locked (pinned) memory, as a heap at::Tensor*
+// owned by the caller (tch frees it). Without a CUDA device it is ordinary memory.
+int gpupool_empty_pinned(const int64_t* sizes, size_t ndim, void** out) {
+  if (sizes == nullptr || out == nullptr) return GPUPOOL_EINVAL;
+  *out = nullptr;
+  GPUPOOL_GUARD({
+    auto options = at::TensorOptions().dtype(at::kFloat).device(at::kCPU).pinned_memory(at::hasCUDA());
+    *out = new at::Tensor(at::empty(c10::IntArrayRef(sizes, ndim), options));
+    return GPUPOOL_OK;
+  })
+}
+
 // Enables autocast on this thread for device_type (0 = CPU, 1 = CUDA) with the given scalar type
 // (c10::ScalarType code: 5 = Half, 15 = BFloat16).
 int gpupool_autocast_enter(int device_type, int scalar_type) {

@@ -60,9 +60,13 @@ pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, Stri
 }
 
 enum Runner {
+    /// `optimize`: the TorchScript graph executor's (thread-local) optimisation flag for this
+    /// module, set before each call. Autocast needs it on: TorchScript applies autocast in an
+    /// optimisation pass, and with optimisation off it silently runs at fp32.
     Script {
         module: CModule,
         mode: PrecisionMode,
+        optimize: bool,
     },
     Package(AotiPackage),
 }
@@ -85,7 +89,8 @@ fn tch_call<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
 
 impl LoadedModel {
     /// Loads `path` onto `device` to run at the concrete `precision`. `facts` is what [`inspect`]
-    /// read; `runners` is how many slots may run it at once (AOTInductor model instances).
+    /// read; `runners` is how many slots may run it at once (AOTInductor model instances);
+    /// `jit_optimize` lets TorchScript's graph executor profile and fuse.
     pub fn load(
         path: &str,
         format: ModelFormat,
@@ -93,9 +98,12 @@ impl LoadedModel {
         precision: Precision,
         facts: &FileFacts,
         runners: usize,
+        jit_optimize: bool,
     ) -> Result<Self, String> {
         match format {
-            ModelFormat::Torchscript => Self::load_script(path, device, precision, facts),
+            ModelFormat::Torchscript => {
+                Self::load_script(path, device, precision, facts, jit_optimize)
+            }
             ModelFormat::Aotinductor => Self::load_package(path, device, precision, runners),
         }
     }
@@ -105,6 +113,7 @@ impl LoadedModel {
         device: ComputeDevice,
         precision: Precision,
         facts: &FileFacts,
+        jit_optimize: bool,
     ) -> Result<Self, String> {
         let mode = precision::mode_for(precision, facts.precision, ModelFormat::Torchscript)?;
         let mut module = CModule::load_on_device(Path::new(path), device.tch())
@@ -130,7 +139,11 @@ impl LoadedModel {
             precision,
             weights_bytes,
             max_batch: facts.max_batch,
-            runner: Runner::Script { module, mode },
+            runner: Runner::Script {
+                module,
+                mode,
+                optimize: jit_optimize || matches!(mode, PrecisionMode::Autocast(_)),
+            },
             device,
         })
     }
@@ -168,14 +181,19 @@ impl LoadedModel {
     /// Work is queued on the calling thread's current stream (`stream` is its raw handle).
     pub fn forward(&self, input: &Tensor, stream: usize) -> Result<Tensor, ForwardFailure> {
         let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
+        if let Runner::Script { optimize, .. } = &self.runner {
+            tch::jit::f_set_graph_executor_optimize(*optimize).map_err(torch)?;
+        }
         let out = tch::no_grad(|| match &self.runner {
             Runner::Script {
                 module,
                 mode: PrecisionMode::Native,
+                ..
             } => module.forward_ts(&[input]).map_err(torch),
             Runner::Script {
                 module,
                 mode: PrecisionMode::CastWeights(kind),
+                ..
             } => {
                 let x = input.f_to_kind(*kind).map_err(torch)?;
                 module.forward_ts(&[x]).map_err(torch)
@@ -183,6 +201,7 @@ impl LoadedModel {
             Runner::Script {
                 module,
                 mode: PrecisionMode::Autocast(kind),
+                ..
             } => {
                 let _autocast = AutocastGuard::enter(self.device.tch(), *kind)
                     .map_err(|e| ForwardFailure::Other(e.to_string()))?;

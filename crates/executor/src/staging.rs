@@ -46,11 +46,10 @@ impl Stager {
     }
 
     fn host_tensor(&self, shape: &[i64]) -> Result<Tensor, ForwardFailure> {
-        let t = Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu)).map_err(other)?;
         if self.device.is_cuda() {
-            t.f_pin_memory(self.device.tch()).map_err(other)
+            cuda::empty_pinned(shape).map_err(other)
         } else {
-            Ok(t)
+            Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu)).map_err(other)
         }
     }
 

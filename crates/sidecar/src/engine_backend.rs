@@ -6,7 +6,9 @@ use crate::settings::{DeviceChoice, Settings};
 use futures::future::BoxFuture;
 use gpupool_api::sidecar::SidecarConfig;
 use gpupool_api::telemetry::{ModelState, TelemetryReport};
-use gpupool_executor::{CalibrationOptions, ComputeDevice, Engine, EngineError, EngineOptions, InferError};
+use gpupool_executor::{
+    CalibrationOptions, ComputeDevice, Engine, EngineError, EngineOptions, InferError,
+};
 
 /// The executor behind the HTTP layer.
 #[derive(Clone)]
@@ -49,11 +51,23 @@ impl EngineBackend {
 fn backend_error(e: InferError) -> BackendError {
     match e {
         InferError::UnknownModel(m) => BackendError::UnknownModel(m),
-        InferError::InvalidInput { model, expected, got } => BackendError::BadInput { model, expected, got },
+        InferError::InvalidInput {
+            model,
+            expected,
+            got,
+        } => BackendError::BadInput {
+            model,
+            expected,
+            got,
+        },
         InferError::QueueFull { model, .. } => BackendError::QueueFull(model),
         InferError::CircuitOpen { retry_after, .. } => BackendError::CircuitOpen { retry_after },
-        InferError::ModelNotReady { model, reason } => BackendError::ModelNotReady { model, reason },
-        InferError::Inference { model, message } => BackendError::Inference(format!("{model}: {message}")),
+        InferError::ModelNotReady { model, reason } => {
+            BackendError::ModelNotReady { model, reason }
+        }
+        InferError::Inference { model, message } => {
+            BackendError::Inference(format!("{model}: {message}"))
+        }
         InferError::ShuttingDown => BackendError::ShuttingDown,
     }
 }
@@ -66,8 +80,16 @@ impl Backend for EngineBackend {
             .models
             .iter()
             .filter_map(|m| {
-                let mean = [m.input.mean[0] as f32, m.input.mean[1] as f32, m.input.mean[2] as f32];
-                let std = [m.input.std[0] as f32, m.input.std[1] as f32, m.input.std[2] as f32];
+                let mean = [
+                    m.input.mean[0] as f32,
+                    m.input.mean[1] as f32,
+                    m.input.mean[2] as f32,
+                ];
+                let std = [
+                    m.input.std[0] as f32,
+                    m.input.std[1] as f32,
+                    m.input.std[2] as f32,
+                ];
                 // The config was validated at start-up, so geometry errors cannot happen here.
                 let geometry = InputGeometry::new(m.input.width, m.input.height, mean, std).ok()?;
                 let live = telemetry.models.iter().find(|t| t.name == m.name);
@@ -84,11 +106,18 @@ impl Backend for EngineBackend {
             .collect()
     }
 
-    fn infer(&self, model: &str, input: Vec<f32>) -> BoxFuture<'static, Result<Inference, BackendError>> {
+    fn infer(
+        &self,
+        model: &str,
+        input: Vec<f32>,
+    ) -> BoxFuture<'static, Result<Inference, BackendError>> {
         let engine = self.engine.clone();
         let model = model.to_string();
         Box::pin(async move {
-            let out = engine.infer_batched(&model, input).await.map_err(backend_error)?;
+            let out = engine
+                .infer_detailed(&model, input)
+                .await
+                .map_err(backend_error)?;
             Ok(Inference {
                 logits: out.logits,
                 batch_size: out.batch_size,

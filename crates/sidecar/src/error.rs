@@ -76,6 +76,12 @@ pub struct ErrorBody {
     pub field: Option<&'static str>,
 }
 
+impl From<axum::extract::multipart::MultipartRejection> for ApiError {
+    fn from(rejection: axum::extract::multipart::MultipartRejection) -> Self {
+        ApiError::BadMultipart(rejection.body_text())
+    }
+}
+
 impl ApiError {
     /// HTTP status for this error.
     pub fn status(&self) -> StatusCode {

@@ -34,7 +34,10 @@ pub async fn termination_signal() {
 /// server should stop accepting connections.
 pub async fn begin_shutdown(state: AppState, settle: Duration) {
     termination_signal().await;
-    tracing::info!(settle_ms = settle.as_millis() as u64, "termination signal: readiness off");
+    tracing::info!(
+        settle_ms = settle.as_millis() as u64,
+        "termination signal: readiness off"
+    );
     state.ready.store(false, Ordering::SeqCst);
     tokio::time::sleep(settle).await;
     state.accepting.store(false, Ordering::SeqCst);

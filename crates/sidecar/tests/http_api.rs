@@ -21,13 +21,20 @@ async fn sidecar() -> &'static Sidecar {
                 model("unet_copy", &unet, 8),
                 model("broken", std::path::Path::new("/nonexistent/model.pt"), 8),
             ]);
-            let s = Sidecar::start(&cfg, &["--max-body-bytes", "4000000", "--max-pixels", "20000000"]).await;
-            s.wait_for("/api/v1/health", std::time::Duration::from_secs(120)).await;
+            let s = Sidecar::start(
+                &cfg,
+                &["--max-body-bytes", "4000000", "--max-pixels", "20000000"],
+            )
+            .await;
+            s.wait_for("/api/v1/health", std::time::Duration::from_secs(120))
+                .await;
             // The good models must become servable even though one model never will.
             for _ in 0..600 {
                 let (_, models) = s.get_json("/api/v1/models").await;
                 let ready = models["models"].as_array().is_some_and(|ms| {
-                    ms.iter().filter(|m| m["name"] != "broken").all(|m| m["state"] == "Ready")
+                    ms.iter()
+                        .filter(|m| m["name"] != "broken")
+                        .all(|m| m["state"] == "Ready")
                 });
                 if ready {
                     break;
@@ -43,7 +50,10 @@ fn assert_error(status: u16, body: &Value, expected_status: u16, error_type: &st
     assert_eq!(status, expected_status, "{body}");
     assert_eq!(body["success"], json!(false), "{body}");
     assert_eq!(body["error_type"], json!(error_type), "{body}");
-    assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -55,27 +65,55 @@ async fn segments_png_jpeg_and_16bit_tiff_with_the_original_fields() {
     }));
     let images = [
         ("png", png(200, 150)),
-        ("jpeg", encode(&image::DynamicImage::ImageRgb8(rgb.clone()), image::ImageFormat::Jpeg)),
+        (
+            "jpeg",
+            encode(
+                &image::DynamicImage::ImageRgb8(rgb.clone()),
+                image::ImageFormat::Jpeg,
+            ),
+        ),
         ("tiff16", encode(&gray16, image::ImageFormat::Tiff)),
     ];
     for (kind, bytes) in images {
         let (status, body) = s
-            .segment(bytes, &[("model", "unet_spherohq"), ("threshold", "0.5"), ("detect_holes", "true")])
+            .segment(
+                bytes,
+                &[
+                    ("model", "unet_spherohq"),
+                    ("threshold", "0.5"),
+                    ("detect_holes", "true"),
+                ],
+            )
             .await;
         assert_eq!(status, 200, "{kind}: {body}");
         assert_eq!(body["success"], json!(true));
         assert_eq!(body["model_used"], json!("unet_spherohq"));
         assert_eq!(body["threshold_used"], json!(0.5));
-        assert_eq!(body["image_size"], json!({"width": 200, "height": 150}), "{kind}");
+        assert_eq!(
+            body["image_size"],
+            json!({"width": 200, "height": 150}),
+            "{kind}"
+        );
         assert!(body["polygons"].is_array());
         for field in ["processing_time", "inference_time", "preprocessing_time"] {
-            assert!(body[field].as_f64().is_some_and(|t| t >= 0.0), "{kind}: {field} in {body}");
+            assert!(
+                body[field].as_f64().is_some_and(|t| t >= 0.0),
+                "{kind}: {field} in {body}"
+            );
         }
         assert_eq!(body["gpu_enabled"], json!(false));
-        assert!(body["batch_size_used"].as_u64().is_some_and(|b| (1..=8).contains(&b)), "{body}");
+        assert!(
+            body["batch_size_used"]
+                .as_u64()
+                .is_some_and(|b| (1..=8).contains(&b)),
+            "{body}"
+        );
         for p in body["polygons"].as_array().into_iter().flatten() {
             assert_eq!(p["class"], json!("spheroid"));
-            assert_eq!(p["vertices_count"].as_u64(), p["points"].as_array().map(|a| a.len() as u64));
+            assert_eq!(
+                p["vertices_count"].as_u64(),
+                p["points"].as_array().map(|a| a.len() as u64)
+            );
         }
     }
 }
@@ -85,15 +123,30 @@ async fn batch_segment_answers_each_image_and_isolates_a_bad_one() {
     let s = sidecar().await;
     let form = reqwest::multipart::Form::new()
         .text("model", "unet_spherohq")
-        .part("files", reqwest::multipart::Part::bytes(png(120, 90)).file_name("a.png"))
-        .part("files", reqwest::multipart::Part::bytes(b"not an image".to_vec()).file_name("b.png"))
-        .part("files", reqwest::multipart::Part::bytes(png(80, 80)).file_name("c.png"));
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(png(120, 90)).file_name("a.png"),
+        )
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(b"not an image".to_vec()).file_name("b.png"),
+        )
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(png(80, 80)).file_name("c.png"),
+        );
     let (status, body) = s.post_form("/api/v1/batch-segment", form).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["total"], json!(3));
     assert_eq!(body["successful"], json!(2));
-    assert_eq!(body["results"][1]["error_type"], json!("unsupported_format"));
-    assert_eq!(body["results"][2]["image_size"], json!({"width": 80, "height": 80}));
+    assert_eq!(
+        body["results"][1]["error_type"],
+        json!("unsupported_format")
+    );
+    assert_eq!(
+        body["results"][2]["image_size"],
+        json!({"width": 80, "height": 80})
+    );
 }
 
 #[tokio::test]
@@ -103,27 +156,72 @@ async fn bad_uploads_get_4xx_json_naming_the_problem() {
     let mut truncated = png(300, 300);
     truncated.truncate(truncated.len() / 2);
     // A PNG header claiming 100000 × 100000 pixels: refused from the header, nothing allocated.
-    let bomb = {
-        let mut b = ok.clone();
-        b[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-        b[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        b
-    };
-    let zero = {
-        let mut b = ok.clone();
-        b[16..20].copy_from_slice(&0u32.to_be_bytes());
-        b
-    };
+    let bomb = common::png_header_only(100_000, 100_000);
+    let zero = common::png_header_only(0, 64);
     let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
-        ("empty", vec![], vec![("model", "unet_spherohq")], 400, "empty_body"),
-        ("text", b"hello, world".to_vec(), vec![("model", "unet_spherohq")], 415, "unsupported_format"),
-        ("truncated", truncated, vec![("model", "unet_spherohq")], 400, "truncated"),
-        ("bomb", bomb, vec![("model", "unet_spherohq")], 413, "too_many_pixels"),
-        ("zero", zero, vec![("model", "unet_spherohq")], 400, "zero_size"),
-        ("unknown model", ok.clone(), vec![("model", "resnet9000")], 404, "unknown_model"),
-        ("threshold high", ok.clone(), vec![("model", "unet_spherohq"), ("threshold", "0.95")], 400, "invalid_field"),
-        ("threshold text", ok.clone(), vec![("model", "unet_spherohq"), ("threshold", "half")], 400, "invalid_field"),
-        ("holes not bool", ok.clone(), vec![("model", "unet_spherohq"), ("detect_holes", "maybe")], 400, "invalid_field"),
+        (
+            "empty",
+            vec![],
+            vec![("model", "unet_spherohq")],
+            400,
+            "empty_body",
+        ),
+        (
+            "text",
+            b"hello, world".to_vec(),
+            vec![("model", "unet_spherohq")],
+            415,
+            "unsupported_format",
+        ),
+        (
+            "truncated",
+            truncated,
+            vec![("model", "unet_spherohq")],
+            400,
+            "truncated",
+        ),
+        (
+            "bomb",
+            bomb,
+            vec![("model", "unet_spherohq")],
+            413,
+            "too_many_pixels",
+        ),
+        (
+            "zero",
+            zero,
+            vec![("model", "unet_spherohq")],
+            400,
+            "zero_size",
+        ),
+        (
+            "unknown model",
+            ok.clone(),
+            vec![("model", "resnet9000")],
+            404,
+            "unknown_model",
+        ),
+        (
+            "threshold high",
+            ok.clone(),
+            vec![("model", "unet_spherohq"), ("threshold", "0.95")],
+            400,
+            "invalid_field",
+        ),
+        (
+            "threshold text",
+            ok.clone(),
+            vec![("model", "unet_spherohq"), ("threshold", "half")],
+            400,
+            "invalid_field",
+        ),
+        (
+            "holes not bool",
+            ok.clone(),
+            vec![("model", "unet_spherohq"), ("detect_holes", "maybe")],
+            400,
+            "invalid_field",
+        ),
     ];
     for (name, bytes, fields, code, kind) in cases {
         let (status, body) = s.segment(bytes, &fields).await;
@@ -136,7 +234,9 @@ async fn bad_uploads_get_4xx_json_naming_the_problem() {
     assert_error(status, &body, 400, "missing_field");
     assert_eq!(body["field"], json!("file"));
     // A body over the 4 MB limit this sidecar was started with.
-    let (status, body) = s.segment(vec![0u8; 5_000_000], &[("model", "unet_spherohq")]).await;
+    let (status, body) = s
+        .segment(vec![0u8; 5_000_000], &[("model", "unet_spherohq")])
+        .await;
     assert_error(status, &body, 413, "body_too_large");
     // Not multipart at all.
     let r = reqwest::Client::new()
@@ -168,7 +268,9 @@ async fn oip(s: &Sidecar, model: &str, body: Value) -> (u16, Value) {
 async fn open_inference_protocol_infers_and_refuses_bad_tensors() {
     let s = sidecar().await;
     let n = (3 * SIZE * SIZE) as usize;
-    let data: Vec<f32> = (0..2 * n).map(|i| ((i % 97) as f32 - 48.0) / 24.0).collect();
+    let data: Vec<f32> = (0..2 * n)
+        .map(|i| ((i % 97) as f32 - 48.0) / 24.0)
+        .collect();
     let (status, body) = oip(s, "unet_spherohq", json!({"id": "r1", "inputs": [{"name": "input", "shape": [2, 3, SIZE, SIZE], "datatype": "FP32", "data": data}]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], json!("r1"));
@@ -178,18 +280,49 @@ async fn open_inference_protocol_infers_and_refuses_bad_tensors() {
     // The same image through the copy of the model gives the same logits.
     let first: Vec<f32> = data[..n].to_vec();
     let (_, again) = oip(s, "unet_copy", json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": first}]})).await;
-    let a: Vec<f64> = out[..(SIZE * SIZE) as usize].iter().filter_map(Value::as_f64).collect();
-    let b: Vec<f64> = again["outputs"][0]["data"].as_array().expect("data").iter().filter_map(Value::as_f64).collect();
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    assert!(diff < 1e-4, "same input, same weights, different logits: {diff}");
+    let a: Vec<f64> = out[..(SIZE * SIZE) as usize]
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let b: Vec<f64> = again["outputs"][0]["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        diff < 1e-4,
+        "same input, same weights, different logits: {diff}"
+    );
 
     let small: Vec<f32> = vec![0.0; n];
     let cases = [
-        (json!({"inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": small}]}), 400, "invalid_field"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "INT8", "data": small}]}), 400, "invalid_field"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": [1.0, 2.0]}]}), 400, "invalid_field"),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": small}]}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "INT8", "data": small}]}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": [1.0, 2.0]}]}),
+            400,
+            "invalid_field",
+        ),
         (json!({"inputs": []}), 400, "invalid_field"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": ["a"]}]}), 400, "bad_json"),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": ["a"]}]}),
+            400,
+            "bad_json",
+        ),
         (json!({"nothing": true}), 400, "bad_json"),
     ];
     for (body, code, kind) in cases {
@@ -210,7 +343,12 @@ async fn a_broken_model_is_not_ready_with_a_reason_and_the_others_serve() {
     let s = sidecar().await;
     let (status, body) = s.get_json("/v2/models/broken/ready").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["reason"].as_str().is_some_and(|r| r.contains("nonexistent")), "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nonexistent")),
+        "{body}"
+    );
     let (status, body) = s.segment(png(64, 64), &[("model", "broken")]).await;
     assert_error(status, &body, 503, "model_not_ready");
     let (status, _) = s.segment(png(64, 64), &[("model", "unet_copy")]).await;
@@ -227,18 +365,32 @@ async fn concurrent_requests_share_batches_and_metrics_tell() {
     let s = sidecar().await;
     let before = s.get_json("/v1/telemetry").await.1;
     let count = |t: &Value, field: &str| -> u64 {
-        t["models"].as_array().into_iter().flatten().filter(|m| m["name"] == "unet_copy").filter_map(|m| m[field].as_u64()).sum()
+        t["models"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["name"] == "unet_copy")
+            .filter_map(|m| m[field].as_u64())
+            .sum()
     };
     let requests = (0..24).map(|_| s.segment(png(64, 64), &[("model", "unet_copy")]));
     for (status, body) in futures::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
     }
     let after = s.get_json("/v1/telemetry").await.1;
-    let images = count(&after, "images_total") - count(&before, "images_total");
-    let batches = count(&after, "batches_total") - count(&before, "batches_total");
+    let images = count(&after, "imagesTotal") - count(&before, "imagesTotal");
+    let batches = count(&after, "batchesTotal") - count(&before, "batchesTotal");
     assert_eq!(images, 24);
-    assert!(batches < images, "24 concurrent requests ran in {batches} batches: no batching");
-    let text = reqwest::get(format!("{}/metrics", s.url)).await.expect("metrics").text().await.expect("text");
+    assert!(
+        batches < images,
+        "24 concurrent requests ran in {batches} batches: no batching"
+    );
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for name in [
         "gpupool_sidecar_http_requests_total",
         "gpupool_sidecar_queue_depth",

@@ -9,7 +9,13 @@ use std::time::Duration;
 
 async fn telemetry_model(s: &Sidecar, name: &str) -> serde_json::Value {
     let (_, t) = s.get_json("/v1/telemetry").await;
-    t["models"].as_array().into_iter().flatten().find(|m| m["name"] == name).cloned().unwrap_or_default()
+    t["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == name)
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -30,8 +36,15 @@ async fn live_config_changes_under_load_drop_nothing() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let form = reqwest::multipart::Form::new()
                     .text("model", "unet_spherohq")
-                    .part("file", reqwest::multipart::Part::bytes(png(96, 96)).file_name("a.png"));
-                let r = client.post(format!("{url}/api/v1/segment")).multipart(form).send().await;
+                    .part(
+                        "file",
+                        reqwest::multipart::Part::bytes(png(96, 96)).file_name("a.png"),
+                    );
+                let r = client
+                    .post(format!("{url}/api/v1/segment"))
+                    .multipart(form)
+                    .send()
+                    .await;
                 statuses.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
             }
             statuses
@@ -46,7 +59,7 @@ async fn live_config_changes_under_load_drop_nothing() {
     let mut applied = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if telemetry_model(&s, "unet_spherohq").await["batch_cap"] == 2 {
+        if telemetry_model(&s, "unet_spherohq").await["batchCap"] == 2 {
             applied = true;
             break;
         }
@@ -67,11 +80,18 @@ async fn live_config_changes_under_load_drop_nothing() {
     for c in clients {
         let statuses = c.await.expect("client");
         total += statuses.len();
-        assert!(statuses.iter().all(|&s| s == 200), "a request failed during reload: {statuses:?}");
+        assert!(
+            statuses.iter().all(|&s| s == 200),
+            "a request failed during reload: {statuses:?}"
+        );
     }
     assert!(total > 8, "too little traffic to mean anything: {total}");
     assert_eq!(s.get_json("/v1/telemetry").await.1["configGeneration"], 2);
-    assert!(s.log().contains("restart"), "the refused change was not reported:\n{}", s.log());
+    assert!(
+        s.log().contains("restart"),
+        "the refused change was not reported:\n{}",
+        s.log()
+    );
     assert_eq!(s.get_json("/readyz").await.0, 200);
 }
 
@@ -89,8 +109,16 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
             tokio::spawn(async move {
                 let form = reqwest::multipart::Form::new()
                     .text("model", "unet_spherohq")
-                    .part("file", reqwest::multipart::Part::bytes(png(64, 64)).file_name("a.png"));
-                reqwest::Client::new().post(format!("{url}/api/v1/segment")).multipart(form).send().await.map(|r| r.status().as_u16())
+                    .part(
+                        "file",
+                        reqwest::multipart::Part::bytes(png(64, 64)).file_name("a.png"),
+                    );
+                reqwest::Client::new()
+                    .post(format!("{url}/api/v1/segment"))
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
             })
         })
         .collect();
@@ -98,7 +126,11 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     let pid = rustix::process::Pid::from_raw(s.child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     for r in requests {
-        assert_eq!(r.await.expect("task").expect("answered"), 200, "an in-flight request was lost");
+        assert_eq!(
+            r.await.expect("task").expect("answered"),
+            200,
+            "an in-flight request was lost"
+        );
     }
     let mut exited = None;
     for _ in 0..100 {

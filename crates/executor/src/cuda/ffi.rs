@@ -16,6 +16,7 @@ const ENOENT: c_int = 4;
 extern "C" {
     fn gpupool_last_error(buf: *mut c_char, len: usize) -> usize;
     fn gpupool_tensor_copy(dst: *mut c_void, src: *const c_void, non_blocking: c_int) -> c_int;
+    fn gpupool_empty_pinned(sizes: *const i64, ndim: usize, out: *mut *mut c_void) -> c_int;
     fn gpupool_autocast_enter(device_type: c_int, scalar_type: c_int) -> c_int;
     fn gpupool_autocast_exit(device_type: c_int) -> c_int;
     fn gpupool_set_cudnn_benchmark(enabled: c_int) -> c_int;
@@ -198,6 +199,21 @@ pub fn tensor_copy(dst: &mut Tensor, src: &Tensor, non_blocking: bool) -> Result
             c_int::from(non_blocking),
         )
     })
+}
+
+/// A new float32 host tensor of `shape` in pinned (page-locked) memory, so copies to and from the
+/// GPU can run asynchronously; ordinary memory where there is no CUDA.
+pub fn empty_pinned(shape: &[i64]) -> Result<Tensor, ShimError> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: shape is valid for shape.len() elements; out is a valid out-pointer.
+    check(unsafe { gpupool_empty_pinned(shape.as_ptr(), shape.len(), &mut out) })?;
+    if out.is_null() {
+        return Err(ShimError::Torch(
+            "pinned allocation returned no tensor".into(),
+        ));
+    }
+    // SAFETY: out is a heap-allocated at::Tensor that we now own, as tch's own constructors return.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
 
 fn device_type_code(device: Device) -> c_int {

@@ -5,6 +5,7 @@ use super::multipart::{read_form, DEFAULT_MODEL, DEFAULT_THRESHOLD};
 use super::AppState;
 use crate::error::ApiError;
 use crate::pipeline::{SegmentRequest, SegmentResponse};
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::Json;
 use futures::future::join_all;
@@ -16,9 +17,9 @@ pub const MAX_BATCH_FILES: usize = 64;
 /// One image in, its polygons out.
 pub async fn segment(
     State(state): State<AppState>,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<SegmentResponse>, ApiError> {
-    let form = read_form(multipart, &["file"], state.limits.max_body_bytes).await?;
+    let form = read_form(multipart?, &["file"], state.limits.max_body_bytes).await?;
     let image = match form.files.len() {
         0 => return Err(ApiError::MissingField { field: "file" }),
         1 => form.files.into_iter().next().unwrap_or_default(),
@@ -73,10 +74,10 @@ pub struct BatchResponse {
 /// Several images in one request; they run concurrently, so they share GPU batches.
 pub async fn batch_segment(
     State(state): State<AppState>,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let form = read_form(
-        multipart,
+        multipart?,
         &["files", "files[]", "file"],
         state.limits.max_body_bytes,
     )

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the release binaries the GPU calls carry (.cache/device/, ignored by git) and checks that
+# libtorch_cuda is linked (gpu-device.md: --as-needed would drop it and CUDA would be invisible).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/setup/env.sh
+cargo build --release -p gpupool-sidecar --bin gpupool-sidecar
+cargo build --release -p gpupool-tests --bin gpupool-loadgen
+cargo build --release -p gpupool-executor --example engine_bench
+mkdir -p .cache/device
+cp target/release/gpupool-sidecar target/release/gpupool-loadgen target/release/examples/engine_bench .cache/device/
+for b in .cache/device/gpupool-sidecar .cache/device/engine_bench; do
+  readelf -d "$b" | grep -q 'libtorch_cuda' || { echo "$b does not link libtorch_cuda" >&2; exit 1; }
+done
+du -sh .cache/device/*
