@@ -5,6 +5,7 @@
 //! tests talk to it with kubectl and kube-rs. Each test works in its own namespace so the suites
 //! can share one control plane per test process.
 
+pub mod binaries;
 pub mod controlplane;
 pub mod helm;
 pub mod kubectl;

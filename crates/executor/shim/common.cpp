@@ -6,6 +6,9 @@
 #include <ATen/autocast_mode.h>
 #include <caffe2/serialize/inline_container.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/jit/codegen/fuser/interface.h>
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <cstring>
 
@@ -71,6 +74,20 @@ int gpupool_autocast_exit(int device_type) {
     auto dt = device_type == 1 ? at::kCUDA : at::kCPU;
     at::autocast::set_autocast_enabled(dt, false);
     if (at::autocast::decrement_nesting() <= 0) at::autocast::clear_cache();
+    return GPUPOOL_OK;
+  })
+}
+
+// Chooses how TorchScript graphs run, process-wide, for executors created afterwards: 1 = libtorch's
+// default (profiling executor, fusion compiled per shape); 0 = the legacy executor without fusion,
+// which still runs the graph passes (autocast among them) but compiles nothing per shape.
+int gpupool_jit_set_profiling(int enabled) {
+  GPUPOOL_GUARD({
+    bool on = enabled != 0;
+    torch::jit::getExecutorMode() = on;
+    torch::jit::getProfilingMode() = on;
+    torch::jit::setTensorExprFuserEnabled(on);
+    torch::jit::overrideCanFuseOnGPU(on);
     return GPUPOOL_OK;
   })
 }

@@ -83,6 +83,9 @@ impl Engine {
     pub fn start(config: SidecarConfig, options: EngineOptions) -> Result<Self, EngineError> {
         config.validate()?;
         let device = resolve_device(options.device)?;
+        if let Err(e) = crate::cuda::jit_set_profiling(options.torchscript_profiling) {
+            tracing::warn!(error = %e, "could not choose the TorchScript executor");
+        }
         if let Err(e) = device.set_cudnn_benchmark(options.cudnn_benchmark) {
             tracing::warn!(error = %e, "could not set cuDNN benchmark mode");
         }

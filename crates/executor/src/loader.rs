@@ -142,7 +142,6 @@ pub(crate) fn load_resident(
         precision,
         &facts,
         slots,
-        shared.options.torchscript_optimize,
     )
     .map_err(LoadFailure::Permanent)?;
     let loaded_bytes = model.weights_bytes;

@@ -60,13 +60,12 @@ pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, Stri
 }
 
 enum Runner {
-    /// `optimize`: the TorchScript graph executor's (thread-local) optimisation flag for this
-    /// module, set before each call. Autocast needs it on: TorchScript applies autocast in an
-    /// optimisation pass, and with optimisation off it silently runs at fp32.
+    /// TorchScript applies autocast in a graph optimisation pass: the graph executor's
+    /// (thread-local) optimisation flag must stay on (libtorch's default), or autocast silently
+    /// runs at fp32.
     Script {
         module: CModule,
         mode: PrecisionMode,
-        optimize: bool,
     },
     Package(AotiPackage),
 }
@@ -89,8 +88,7 @@ fn tch_call<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
 
 impl LoadedModel {
     /// Loads `path` onto `device` to run at the concrete `precision`. `facts` is what [`inspect`]
-    /// read; `runners` is how many slots may run it at once (AOTInductor model instances);
-    /// `jit_optimize` lets TorchScript's graph executor profile and fuse.
+    /// read; `runners` is how many slots may run it at once (AOTInductor model instances).
     pub fn load(
         path: &str,
         format: ModelFormat,
@@ -98,12 +96,9 @@ impl LoadedModel {
         precision: Precision,
         facts: &FileFacts,
         runners: usize,
-        jit_optimize: bool,
     ) -> Result<Self, String> {
         match format {
-            ModelFormat::Torchscript => {
-                Self::load_script(path, device, precision, facts, jit_optimize)
-            }
+            ModelFormat::Torchscript => Self::load_script(path, device, precision, facts),
             ModelFormat::Aotinductor => Self::load_package(path, device, precision, runners),
         }
     }
@@ -113,7 +108,6 @@ impl LoadedModel {
         device: ComputeDevice,
         precision: Precision,
         facts: &FileFacts,
-        jit_optimize: bool,
     ) -> Result<Self, String> {
         let mode = precision::mode_for(precision, facts.precision, ModelFormat::Torchscript)?;
         let mut module = CModule::load_on_device(Path::new(path), device.tch())
@@ -139,11 +133,7 @@ impl LoadedModel {
             precision,
             weights_bytes,
             max_batch: facts.max_batch,
-            runner: Runner::Script {
-                module,
-                mode,
-                optimize: jit_optimize || matches!(mode, PrecisionMode::Autocast(_)),
-            },
+            runner: Runner::Script { module, mode },
             device,
         })
     }
@@ -181,9 +171,6 @@ impl LoadedModel {
     /// Work is queued on the calling thread's current stream (`stream` is its raw handle).
     pub fn forward(&self, input: &Tensor, stream: usize) -> Result<Tensor, ForwardFailure> {
         let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
-        if let Runner::Script { optimize, .. } = &self.runner {
-            tch::jit::f_set_graph_executor_optimize(*optimize).map_err(torch)?;
-        }
         let out = tch::no_grad(|| match &self.runner {
             Runner::Script {
                 module,

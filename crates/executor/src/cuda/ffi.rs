@@ -20,6 +20,7 @@ extern "C" {
     fn gpupool_autocast_enter(device_type: c_int, scalar_type: c_int) -> c_int;
     fn gpupool_autocast_exit(device_type: c_int) -> c_int;
     fn gpupool_set_cudnn_benchmark(enabled: c_int) -> c_int;
+    fn gpupool_jit_set_profiling(enabled: c_int) -> c_int;
     fn gpupool_archive_record(
         path: *const c_char,
         name: *const c_char,
@@ -187,6 +188,13 @@ pub fn device_total_memory(device: usize) -> Result<u64, ShimError> {
 pub fn set_cudnn_benchmark(enabled: bool) -> Result<(), ShimError> {
     // SAFETY: plain value argument.
     check(unsafe { gpupool_set_cudnn_benchmark(c_int::from(enabled)) })
+}
+
+/// Chooses TorchScript's executor, process-wide: profiling + fusion (libtorch's default) or the
+/// legacy executor without fusion.
+pub fn jit_set_profiling(enabled: bool) -> Result<(), ShimError> {
+    // SAFETY: plain value argument.
+    check(unsafe { gpupool_jit_set_profiling(c_int::from(enabled)) })
 }
 
 /// `dst.copy_(src, non_blocking)`.
