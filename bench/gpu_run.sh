@@ -5,11 +5,17 @@
 #   bash bench/gpu_run.sh smoke      export fp16+fp32 models, sidecar smoke vs PyTorch (issue: sidecar)
 #                                    + engine and HTTP throughput at 8 clients (4/2/2 split)
 #   bash bench/gpu_run.sh baselines  Python baselines a, b, c, d on the same TorchScript files
+#   bash bench/gpu_run.sh quick      smoke + HTTP throughput + baselines a, b and the usual best of c
+#                                    (autocast / fp16 weights at batch 8-16), no torch.compile:
+#                                    fits one call of the device tool
 # Results go to $OUT (the device tool brings them back) as JSON plus the logs.
 set -uo pipefail
 PHASE=${1:?smoke|baselines}
-OUT=${OUT:-/tmp/gpupool-out}; mkdir -p "$OUT"
 WORK=/tmp/gpupool-gpu; MODELS=$WORK/models; mkdir -p "$MODELS"
+# The device tool brings back at most 8 files: results are collected in one folder and packed on exit.
+BRING_BACK=${OUT:-/tmp/gpupool-out}; mkdir -p "$BRING_BACK"
+OUT=$WORK/results; rm -rf "$OUT"; mkdir -p "$OUT"
+trap 'tar czf "$BRING_BACK/results.tgz" -C "$WORK" results; cp "$OUT"/*.log "$BRING_BACK"/ 2>/dev/null' EXIT
 BIN=$PWD/.cache/device
 PY=${PYTHON:-python3}
 TORCH_LIB=$($PY -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
@@ -22,7 +28,7 @@ export_models() { # precisions...
   for p in "$@"; do for m in $MODELS_LIST; do
     [[ -s "$MODELS/$m.$p.pt" ]] && continue
     $PY tests/models/export.py --model "$m" --size 1024 --precision "$p" --format torchscript \
-      --device cuda --seed 0 --batch 2 --out "$MODELS/$m.$p.pt" | tee -a "$OUT/export.jsonl" || exit 1
+      --device cuda --seed 0 --batch 2 ${EXPORT_FLAGS:-} --out "$MODELS/$m.$p.pt" | tee -a "$OUT/export.jsonl" || exit 1
   done; done
 }
 
@@ -52,8 +58,7 @@ $models
 CFG
 }
 
-case "$PHASE" in
-smoke)
+smoke_and_http() {
   export_models fp16 fp32
   $PY bench/make_image.py "$WORK/spheroids" --width 1280 --height 960
   $PY bench/make_image.py "$WORK/square" --width 1024 --height 1024
@@ -78,8 +83,20 @@ smoke)
   curl -s 127.0.0.1:8080/v1/telemetry >"$OUT/telemetry-end.json"
   curl -s 127.0.0.1:8080/metrics >"$OUT/metrics.txt"
   kill -TERM $SC; wait $SC
+}
+
+case "$PHASE" in
+smoke)
+  smoke_and_http
   for m in $MODELS_LIST; do
     "$BIN/engine_bench" "$WORK/fp16.yaml" --device cuda --clients 8 --seconds 10 --model "$m" >"$OUT/engine-8-$m.json" 2>>"$OUT/engine.log"
+  done
+  ;;
+quick)
+  EXPORT_FLAGS=--no-verify smoke_and_http
+  for m in $MODELS_LIST; do
+    $PY bench/python_baselines.py --model "$m" --models-dir "$MODELS" --modes a,b,c \
+      --c-variants fp16:8,fp16:16,autocast:8 --seconds 4 --out "$OUT/baselines-$m.json" || echo "baselines $m failed"
   done
   ;;
 baselines)

@@ -142,30 +142,35 @@ def peak_mib(fn):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+C_VARIANTS = {
+    # name: (file precision, autocast, label)
+    "fp16": ("fp16", False, "fp16 weights"),
+    "bf16": ("bf16", False, "bf16 weights"),
+    "autocast": ("fp32", True, "autocast fp16"),
+    "fp32": ("fp32", False, "fp32"),
+}
+
+
 def mode_c(args, size):
     results = []
-    fp32 = load(args.models_dir, args.model, "fp32")
-    variants = [
-        ("fp16 weights", load(args.models_dir, args.model, "fp16"), False),
-        ("bf16 weights", load(args.models_dir, args.model, "bf16"), False),
-        ("autocast fp16", fp32, True),
-        ("fp32", fp32, False),
-    ]
-    for name, module, autocast in variants:
-        for batch in (8, 16):
-            x = torch.randn(batch, 3, size, size, device=DEV)
+    for spec in args.c_variants.split(","):
+        variant, batch = spec.split(":")
+        batch = int(batch)
+        precision, autocast, name = C_VARIANTS[variant]
+        module = load(args.models_dir, args.model, precision)
+        x = torch.randn(batch, 3, size, size, device=DEV)
 
-            def run():
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-                    module(x)
+        def run():
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+                module(x)
 
-            try:
-                r = timed_batches(run, batch, args.seconds / 2)
-                r["peak_mib"] = peak_mib(run)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                continue
-            results.append(dict(mode="c", config=f"{name}, batch {batch}", **r))
+        try:
+            r = timed_batches(run, batch, args.seconds / 2)
+            r["peak_mib"] = peak_mib(run)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            continue
+        results.append(dict(mode="c", config=f"{name}, batch {batch}", **r))
     return results
 
 
@@ -196,6 +201,11 @@ def main():
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--modes", default="a,b,c,d")
     p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument(
+        "--c-variants",
+        default="fp16:8,fp16:16,bf16:8,bf16:16,autocast:8,autocast:16,fp32:8,fp32:16",
+        help="mode c configurations as variant:batch (variants: fp16, bf16, autocast, fp32)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     runners = {"a": mode_a, "b": mode_b, "c": mode_c, "d": mode_d}

@@ -68,7 +68,8 @@ pub(crate) fn choose(
 }
 
 /// Measures one (precision, batch size): `warmup` untimed runs, then the median of `iterations`
-/// timed, synchronised runs. `estimate` is the peak to report where there are no allocator stats.
+/// timed, synchronised runs and the memory they added. `estimate` is the peak to report where
+/// there are no allocator statistics (the CPU).
 pub(crate) fn measure(
     stager: &mut Stager,
     model: &LoadedModel,
@@ -81,8 +82,11 @@ pub(crate) fn measure(
     for _ in 0..options.warmup {
         stager.run(model, 0..n)?;
     }
+    // Measure on a clean cache, after warm-up (cuDNN autotuning tries large workspaces): the
+    // growth of both live bytes and bytes held from the driver (segment rounding included).
+    device.empty_cache();
     let _ = device.reset_peak_stats();
-    let base = device.allocator_stats().map(|s| s.allocated);
+    let base = device.allocator_stats();
     let mut times = Vec::new();
     for _ in 0..options.iterations.max(1) {
         let start = Instant::now();
@@ -90,7 +94,10 @@ pub(crate) fn measure(
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     let peak_bytes = match (base, device.allocator_stats()) {
-        (Some(base), Some(after)) => after.peak_allocated.saturating_sub(base),
+        (Some(base), Some(after)) => after
+            .peak_allocated
+            .saturating_sub(base.allocated)
+            .max(after.peak_reserved.saturating_sub(base.reserved)),
         _ => estimate,
     };
     Ok(ProfilePoint {

@@ -46,22 +46,25 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
     tracing::debug!(model = %entry.name, "slot exits");
 }
 
-/// Runs one image through the loaded model on this thread's stream, if the model is loaded.
+/// Runs one image through the loaded model on this thread's stream, if the model is loaded and
+/// the ledger has room for it.
 fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
-    let in_use = {
-        let rt = entry.runtime.lock();
-        rt.loaded.is_some()
-    };
-    if !in_use {
+    let loaded = entry.runtime.lock().loaded.is_some();
+    if !loaded {
         return;
     }
-    if let Ok(model) = loader::ensure_loaded(shared, entry) {
-        let result = stager
-            .stage_synthetic(1)
-            .and_then(|()| stager.run(&model.resident.model, 0..1));
-        if let Err(e) = result {
-            tracing::warn!(model = %entry.name, error = e.message(), "slot warm-up failed");
-        }
+    let Ok(model) = loader::ensure_loaded(shared, entry) else {
+        return;
+    };
+    let cost = entry.batch_costs(model.resident.model.precision, 1, &shared.options);
+    let Some(_room) = cost.first().and_then(|c| shared.ledger.try_reserve(*c)) else {
+        return;
+    };
+    let result = stager
+        .stage_synthetic(1)
+        .and_then(|()| stager.run(&model.resident.model, 0..1));
+    if let Err(e) = result {
+        tracing::warn!(model = %entry.name, error = e.message(), "slot warm-up failed");
     }
 }
 

@@ -111,6 +111,7 @@ async fn calibration_and_serving_stay_within_a_small_budget() {
     m.max_batch = 256;
     let mut cfg = config(vec![m]);
     cfg.memory_budget_bytes = 96 << 20;
+    cfg.admission.max_queue_per_model = 1024; // all 300 requests are sent at once
     let engine = Engine::start(cfg, opts).unwrap();
     engine.started().await;
     let t = engine.telemetry();
