@@ -99,6 +99,20 @@ quick)
       --c-variants fp16:8,fp16:16,autocast:8 --seconds 4 --out "$OUT/baselines-$m.json" || echo "baselines $m failed"
   done
   ;;
+engine)
+  # The engine alone (no HTTP, no image work): each model at 8 clients with a roomy budget, then the
+  # seed's budget mode: 22 GiB, the three models resident, 8 clients split 4/2/2.
+  EXPORT_FLAGS=--no-verify export_models fp16
+  write_config "$WORK/roomy.yaml" fp16 $((120 << 30)) 8 2
+  write_config "$WORK/budget22.yaml" fp16 $((22 << 30)) 8 1
+  cp "$WORK/budget22.yaml" "$OUT/"
+  for m in $MODELS_LIST; do
+    "$BIN/engine_bench" "$WORK/roomy.yaml" --device cuda --clients 8 --seconds 8 --model "$m" >"$OUT/engine-8-$m.json" 2>>"$OUT/engine.log"
+  done
+  "$BIN/engine_bench" "$WORK/budget22.yaml" --device cuda --clients 8 --seconds 10 \
+    --model hrnet --model hrnet --model hrnet --model hrnet --model cbam_resunet --model cbam_resunet \
+    --model unet_spherohq --model unet_spherohq >"$OUT/engine-budget22-mixed.json" 2>>"$OUT/engine.log"
+  ;;
 baselines)
   export_models fp16 fp32 bf16
   for m in $MODELS_LIST; do
