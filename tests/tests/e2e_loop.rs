@@ -31,7 +31,8 @@ fn kubelet_config(node: &str, state: &std::path::Path) -> anyhow::Result<Config>
     config.gpus = 1;
     config.pod_cidr = PodCidr::unique_for_tests();
     config.state_dir = state.join(node);
-    config.images = ImageCommands::default().map(SIDECAR_IMAGE, workspace_binary("gpupool-sidecar")?);
+    config.images =
+        ImageCommands::default().map(SIDECAR_IMAGE, workspace_binary("gpupool-sidecar")?);
     config.heartbeat_interval = Duration::from_secs(2);
     Ok(config)
 }
@@ -77,7 +78,10 @@ where
 }
 
 fn pool_json(cp: &ControlPlane, ns: &str) -> Value {
-    let out = cp.kubectl().run_ok(&["-n", ns, "get", "gpool", "loop", "-o", "json"]).unwrap_or_default();
+    let out = cp
+        .kubectl()
+        .run_ok(&["-n", ns, "get", "gpool", "loop", "-o", "json"])
+        .unwrap_or_default();
     serde_json::from_str(&out).unwrap_or(Value::Null)
 }
 
@@ -98,21 +102,41 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
     let model = TinyModel::new("unet_spherohq", 256).path().expect("model");
 
     let node_a = format!("e2e-gpu-a-{}", std::process::id());
-    let kubelet_a = Kubelet::start(client.clone(), kubelet_config(&node_a, state.path()).expect("config"))
-        .await
-        .expect("kubelet a");
+    let kubelet_a = Kubelet::start(
+        client.clone(),
+        kubelet_config(&node_a, state.path()).expect("config"),
+    )
+    .await
+    .expect("kubelet a");
     let _operator = Operator(
         Command::new(workspace_binary("gpupool-operator").expect("operator binary"))
             .env("KUBECONFIG", cp.kubeconfig())
-            .args(["--namespace", &ns, "--lease-namespace", &ns, "--http-addr", "127.0.0.1:0"])
-            .args(["--telemetry-interval", "1s", "--telemetry-timeout", "500ms", "--log-format", "text"])
+            .args([
+                "--namespace",
+                &ns,
+                "--lease-namespace",
+                &ns,
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--telemetry-interval",
+                "1s",
+                "--telemetry-timeout",
+                "500ms",
+                "--log-format",
+                "text",
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(state.path().join("operator.log")).expect("log"))
             .spawn()
             .expect("start operator"),
     );
 
-    let applied = cp.kubectl().apply(&ns, &pool_yaml(&model)).expect("kubectl");
+    let applied = cp
+        .kubectl()
+        .apply(&ns, &pool_yaml(&model))
+        .expect("kubectl");
     assert!(applied.success, "{}", applied.stderr);
     wait_until("the pool to be Ready", Duration::from_secs(180), || async {
         condition(&pool_json(cp, &ns), "Ready").as_deref() == Some("True")
@@ -120,11 +144,19 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
     .await;
     let pool = pool_json(cp, &ns);
     assert_eq!(pool["status"]["readyReplicas"], 1);
-    assert!(pool["status"]["plan"]["models"][0]["batchSize"].as_u64().is_some(), "{pool}");
+    assert!(
+        pool["status"]["plan"]["models"][0]["batchSize"]
+            .as_u64()
+            .is_some(),
+        "{pool}"
+    );
 
     // Closed-loop traffic against the ready pod.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let list = pods.list(&ListParams::default().labels("gpupool.io/pool=loop")).await.expect("pods");
+    let list = pods
+        .list(&ListParams::default().labels("gpupool.io/pool=loop"))
+        .await
+        .expect("pods");
     let ip = list
         .items
         .iter()
@@ -143,25 +175,42 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
 
     // The queue telemetry makes the operator ask for a second replica; one GPU node means it is
     // Pending, unschedulable — the signal a cluster autoscaler acts on.
-    wait_until("a scale-out to 2 replicas", Duration::from_secs(60), || async {
-        pool_json(cp, &ns)["spec"]["replicas"] == 2
-    })
+    wait_until(
+        "a scale-out to 2 replicas",
+        Duration::from_secs(60),
+        || async { pool_json(cp, &ns)["spec"]["replicas"] == 2 },
+    )
     .await;
-    wait_until("an unschedulable Pending replica", Duration::from_secs(30), || async {
-        let out = cp
-            .kubectl()
-            .run(&["-n", &ns, "get", "pods", "--field-selector=status.phase=Pending", "-o", "json"])
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        out.contains("Insufficient nvidia.com/gpu")
-    })
+    wait_until(
+        "an unschedulable Pending replica",
+        Duration::from_secs(30),
+        || async {
+            let out = cp
+                .kubectl()
+                .run(&[
+                    "-n",
+                    &ns,
+                    "get",
+                    "pods",
+                    "--field-selector=status.phase=Pending",
+                    "-o",
+                    "json",
+                ])
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            out.contains("Insufficient nvidia.com/gpu")
+        },
+    )
     .await;
 
     // "The autoscaler adds a node": the pending replica is scheduled there and becomes ready.
     let node_b = format!("e2e-gpu-b-{}", std::process::id());
-    let kubelet_b = Kubelet::start(client.clone(), kubelet_config(&node_b, state.path()).expect("config"))
-        .await
-        .expect("kubelet b");
+    let kubelet_b = Kubelet::start(
+        client.clone(),
+        kubelet_config(&node_b, state.path()).expect("config"),
+    )
+    .await
+    .expect("kubelet b");
     wait_until("two ready replicas", Duration::from_secs(120), || async {
         pool_json(cp, &ns)["status"]["readyReplicas"] == 2
     })
@@ -169,16 +218,35 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
 
     let report = load.await.expect("load task").expect("load ran");
     assert!(report.ok > 0, "{report:?}");
-    let failures: u64 = report.status_counts.iter().filter(|(s, _)| !(200..300).contains(*s)).map(|(_, n)| n).sum();
-    assert_eq!(failures, 0, "requests failed during the scale-out: {report:?}");
+    let failures: u64 = report
+        .status_counts
+        .iter()
+        .filter(|(s, _)| !(200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        failures, 0,
+        "requests failed during the scale-out: {report:?}"
+    );
     let pool = pool_json(cp, &ns);
-    assert!(pool["status"]["telemetry"]["podsReporting"].as_u64().unwrap_or(0) >= 1, "{pool}");
-    let events = cp.kubectl().run_ok(&["-n", &ns, "get", "events", "-o", "json"]).expect("events");
+    assert!(
+        pool["status"]["telemetry"]["podsReporting"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{pool}"
+    );
+    let events = cp
+        .kubectl()
+        .run_ok(&["-n", &ns, "get", "events", "-o", "json"])
+        .expect("events");
     assert!(events.contains("Scaled"), "no Scaled event");
 
     kubelet_b.shutdown().await.expect("kubelet b stops");
     kubelet_a.shutdown().await.expect("kubelet a stops");
-    let _ = cp.kubectl().run(&["-n", &ns, "delete", "gpool", "loop", "--wait=false"]);
+    let _ = cp
+        .kubectl()
+        .run(&["-n", &ns, "delete", "gpool", "loop", "--wait=false"]);
 }
 
 /// A small synthetic microscope image: one bright spheroid on a dark background, as PNG.
