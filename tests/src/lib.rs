@@ -8,6 +8,7 @@
 pub mod binaries;
 pub mod controlplane;
 pub mod helm;
+pub mod images;
 pub mod kubectl;
 pub mod kubelet;
 pub mod loadgen;

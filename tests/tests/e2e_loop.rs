@@ -162,7 +162,7 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
         .iter()
         .find_map(|p| p.status.as_ref()?.pod_ip.clone())
         .expect("a pod IP");
-    let image = spheroid_png();
+    let image = gpupool_tests::images::spheroid_png(320, 240);
     let load = tokio::spawn(run(LoadSpec {
         targets: vec![format!("http://{ip}:8080")],
         models: vec!["unet_spherohq".into()],
@@ -247,18 +247,4 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
     let _ = cp
         .kubectl()
         .run(&["-n", &ns, "delete", "gpool", "loop", "--wait=false"]);
-}
-
-/// A small synthetic microscope image: one bright spheroid on a dark background, as PNG.
-fn spheroid_png() -> Vec<u8> {
-    let img = image::RgbImage::from_fn(320, 240, |x, y| {
-        let d = ((x as f32 - 160.0).powi(2) + (y as f32 - 120.0).powi(2)).sqrt();
-        let v = if d < 60.0 { 200 } else { 20 };
-        image::Rgb([v, v, v])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Png)
-        .expect("PNG encodes");
-    out.into_inner()
 }

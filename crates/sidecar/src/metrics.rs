@@ -135,7 +135,7 @@ fn per_model<T>(
 where
     T: Into<f64>,
 {
-    let mut family = encoder.encode_descriptor(name, help, None, kind.clone())?;
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for model in &report.models {
         let labels = [("model", model.name.as_str())];
         let v: f64 = value(model).into();

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{config, encode, model, png, spheroid_rgb, unet_path, Sidecar, SIZE};
+use common::{config, model, unet_path, Sidecar, SIZE};
+use gpupool_tests::images::{encode, png_header_only, spheroid_png as png, spheroid_rgb};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
@@ -45,6 +46,15 @@ async fn sidecar() -> &'static Sidecar {
         })
         .await
 }
+
+/// One bad upload: its name, the bytes, the other form fields, the status and error type expected.
+type BadUpload = (
+    &'static str,
+    Vec<u8>,
+    Vec<(&'static str, &'static str)>,
+    u16,
+    &'static str,
+);
 
 fn assert_error(status: u16, body: &Value, expected_status: u16, error_type: &str) {
     assert_eq!(status, expected_status, "{body}");
@@ -156,9 +166,10 @@ async fn bad_uploads_get_4xx_json_naming_the_problem() {
     let mut truncated = png(300, 300);
     truncated.truncate(truncated.len() / 2);
     // A PNG header claiming 100000 × 100000 pixels: refused from the header, nothing allocated.
-    let bomb = common::png_header_only(100_000, 100_000);
-    let zero = common::png_header_only(0, 64);
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    let bomb = png_header_only(100_000, 100_000);
+    let zero = png_header_only(0, 64);
+    // (case, upload, form fields, expected status, expected error_type)
+    let cases: Vec<BadUpload> = vec![
         (
             "empty",
             vec![],

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{config, model, png, unet_path, Sidecar};
+use common::{config, model, unet_path, Sidecar};
+use gpupool_tests::images::spheroid_png as png;
 use std::time::Duration;
 
 async fn telemetry_model(s: &Sidecar, name: &str) -> serde_json::Value {

@@ -393,41 +393,7 @@ mod tests {
         decode_image(bytes, &DecodeLimits::default())
     }
 
-    /// A PNG whose header claims `width`x`height` but carries almost no data.
-    fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            let start = out.len();
-            out.extend_from_slice(kind);
-            out.extend_from_slice(data);
-            let crc = crc32(&out[start..]);
-            out.extend_from_slice(&crc.to_be_bytes());
-        }
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&width.to_be_bytes());
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
+    use gpupool_tests::images::png_header_only;
 
     #[test]
     fn decodes_every_supported_depth_and_layout() {

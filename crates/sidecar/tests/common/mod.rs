@@ -5,7 +5,6 @@
 use gpupool_api::sidecar::{AdmissionConfig, SidecarConfig, SidecarModelConfig};
 use gpupool_api::{InputSpec, ModelFormat, ModelSource, Precision};
 use gpupool_tests::models::TinyModel;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,75 +180,4 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A synthetic microscope-like image: bright discs on a dark background.
-pub fn spheroid_rgb(width: u32, height: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(width, height, |x, y| {
-        let d1 = ((x as f32 - width as f32 * 0.3).powi(2)
-            + (y as f32 - height as f32 * 0.4).powi(2))
-        .sqrt();
-        let d2 = ((x as f32 - width as f32 * 0.7).powi(2)
-            + (y as f32 - height as f32 * 0.6).powi(2))
-        .sqrt();
-        let r = width.min(height) as f32 * 0.18;
-        let v = if d1 < r || d2 < r { 200 } else { 20 };
-        image::Rgb([v, v, v])
-    })
-}
-
-/// Encodes an image in `format`.
-pub fn encode(img: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, format).expect("encode");
-    out.into_inner()
-}
-
-/// A PNG of the synthetic image.
-pub fn png(width: u32, height: u32) -> Vec<u8> {
-    encode(
-        &image::DynamicImage::ImageRgb8(spheroid_rgb(width, height)),
-        image::ImageFormat::Png,
-    )
-}
-
-/// A PNG that is only a signature, a valid IHDR claiming `width` × `height`, an empty IDAT and IEND: what a
-/// decompression bomb's header looks like before any pixel data.
-pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-    chunk(&mut out, b"IHDR", &ihdr);
-    // An empty zlib stream: decoders read up to the first IDAT before reporting the header.
-    chunk(
-        &mut out,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
-    chunk(&mut out, b"IEND", &[]);
-    out
 }
