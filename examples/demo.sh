@@ -55,10 +55,9 @@ start_node() { # name pod-cidr
     --on-exit delete >"$DEMO/$1.log" 2>&1 &
   PIDS+=($!)
 }
-step "two GPU nodes join (kubelet stand-ins, one nvidia.com/gpu each)"
+step "a GPU node joins (a kubelet stand-in advertising one nvidia.com/gpu)"
 start_node gpu-node-a 127.0.10.0/24
-start_node gpu-node-b 127.0.11.0/24
-until [[ $(kubectl get nodes --no-headers 2>/dev/null | grep -c ' Ready') -ge 2 ]]; do sleep 0.5; done
+until [[ $(kubectl get nodes --no-headers 2>/dev/null | grep -c ' Ready') -ge 1 ]]; do sleep 0.5; done
 kubectl get nodes -L nvidia.com/gpu.product
 
 step "starting the operator (two replicas: one leads through a Lease)"
@@ -85,10 +84,10 @@ URL=$(pod_urls | awk '{print $1}')
 curl -s -F "file=@$DEMO/spheroids.png" -F model=hrnet -F threshold=0.5 "$URL/api/v1/segment" \
   | python -c 'import json,sys; r=json.load(sys.stdin); print({k: r[k] for k in ("success","model_used","image_size","processing_time","batch_size_used")}, len(r["polygons"]), "polygons")'
 
-step "traffic: 24 closed-loop clients for 40 s; the queue telemetry drives the replicas up"
+step "traffic: 16 closed-loop clients for 40 s; the queue telemetry drives the replicas up"
 TARGETS=(); for u in $(pod_urls); do TARGETS+=(--target "$u"); done
 "$BIN/gpupool-loadgen" "${TARGETS[@]}" --model hrnet --model hrnet --model cbam_resunet --model unet_spherohq \
-  --image "$DEMO/spheroids.png" --clients 24 --seconds 40 >"$DEMO/load.json" 2>"$DEMO/load.log" &
+  --image "$DEMO/spheroids.png" --clients 16 --seconds 40 >"$DEMO/load.json" 2>"$DEMO/load.log" &
 LOAD=$!
 for _ in $(seq 20); do
   sleep 3
@@ -101,14 +100,19 @@ kubectl -n "$NS" get events --field-selector involvedObject.kind=InferencePool -
 
 PENDING=$(kubectl -n "$NS" get pods --field-selector=status.phase=Pending --no-headers 2>/dev/null | wc -l)
 if [[ "$PENDING" -gt 0 ]]; then
-  step "a replica is Pending (no free GPU): a cluster autoscaler would add a node — we start one"
+  step "$PENDING replica(s) Pending (no free GPU): a cluster autoscaler would add nodes — we start $PENDING"
   kubectl -n "$NS" get pods --field-selector=status.phase=Pending
-  start_node gpu-node-c 127.0.12.0/24
+  kubectl -n "$NS" get events --field-selector reason=FailedScheduling -o jsonpath='{.items[-1:].message}{"\n"}'
+  for i in $(seq "$PENDING"); do start_node "gpu-node-$((i + 1))" "127.0.$((10 + i)).0/24"; done
   kubectl -n "$NS" wait --for=condition=Ready pods --all --timeout=120s
   kubectl -n "$NS" get pods -o wide
 fi
 
 step "the pool now"
+for _ in $(seq 60); do  # the operator records the new pod's readiness on its next reconcile
+  [[ $(kubectl -n "$NS" get gpool spheroid -o jsonpath='{.status.readyReplicas}/{.spec.replicas}') =~ ^([0-9]+)/\1$ ]] && break
+  sleep 0.5
+done
 kubectl -n "$NS" get gpool spheroid
 kubectl -n "$NS" get gpool spheroid -o jsonpath='{.status.telemetry}{"\n"}'
 echo "logs: $DEMO/*.log"

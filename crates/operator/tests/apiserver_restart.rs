@@ -5,7 +5,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{apply, eventually, pool_yaml, Operator};
+use common::{apply, eventually, pool_yaml, set_max_batch, Operator};
 use gpupool_api::sidecar::{SidecarConfig, SIDECAR_CONFIG_FILE};
 use gpupool_api::InferencePool;
 use gpupool_tests::ControlPlane;
@@ -117,17 +117,7 @@ async fn the_pool_converges_after_the_api_server_returns() -> Result<()> {
     );
 
     // Watches work again: a live edit made after the restart reaches the ConfigMap.
-    let patch = r#"[{"op":"replace","path":"/spec/models/0/maxBatch","value":2}]"#;
-    cp.kubectl().run_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "gpool",
-        "seg",
-        "--type=json",
-        "-p",
-        patch,
-    ])?;
+    set_max_batch(&cp, &ns, "seg", 2)?;
     eventually(
         Duration::from_secs(60),
         "the edit after the restart to converge",

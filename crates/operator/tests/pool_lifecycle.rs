@@ -7,7 +7,9 @@
 mod common;
 
 use anyhow::{bail, Result};
-use common::{apply, checksum, deployment, eventually, pool, pool_yaml, Operator};
+use common::{
+    apply, checksum, count, deployment, eventually, pool, pool_yaml, set_max_batch, Operator,
+};
 use gpupool_api::sidecar::{SidecarConfig, SIDECAR_CONFIG_FILE};
 use gpupool_api::status::ConditionType;
 use gpupool_api::{ConditionStatus, InferencePool};
@@ -228,17 +230,7 @@ async fn live_edits_keep_the_pods_and_restart_edits_roll_them() -> Result<()> {
     assert!(old.models[0].max_batch > 2, "{old:?}");
 
     // maxBatch applies live: the ConfigMap changes, the pod template does not.
-    let patch = r#"[{"op":"replace","path":"/spec/models/0/maxBatch","value":2}]"#;
-    cp.kubectl().run_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "gpool",
-        "seg",
-        "--type=json",
-        "-p",
-        patch,
-    ])?;
+    set_max_batch(&cp, &ns, "seg", 2)?;
     let generation = pool(&client, &ns, "seg")
         .await?
         .metadata
@@ -374,31 +366,11 @@ async fn kubectl_scale_is_followed_and_deletion_collects_everything() -> Result<
             async move {
                 let lp = selector("seg");
                 let left = [
-                    Api::<Deployment>::namespaced(client.clone(), &ns)
-                        .list(&lp)
-                        .await?
-                        .items
-                        .len(),
-                    Api::<ReplicaSet>::namespaced(client.clone(), &ns)
-                        .list(&lp)
-                        .await?
-                        .items
-                        .len(),
-                    Api::<Pod>::namespaced(client.clone(), &ns)
-                        .list(&lp)
-                        .await?
-                        .items
-                        .len(),
-                    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                        .list(&lp)
-                        .await?
-                        .items
-                        .len(),
-                    Api::<Service>::namespaced(client.clone(), &ns)
-                        .list(&lp)
-                        .await?
-                        .items
-                        .len(),
+                    count::<Deployment>(&client, &ns, &lp).await?,
+                    count::<ReplicaSet>(&client, &ns, &lp).await?,
+                    count::<Pod>(&client, &ns, &lp).await?,
+                    count::<ConfigMap>(&client, &ns, &lp).await?,
+                    count::<Service>(&client, &ns, &lp).await?,
                     pdb_api(&client, &ns).list(&lp).await?.items.len(),
                 ];
                 Ok((left.iter().all(|n| *n == 0)).then_some(()))

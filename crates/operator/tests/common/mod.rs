@@ -200,3 +200,39 @@ pub fn checksum(d: &Deployment) -> String {
         .and_then(|a| a.get("gpupool.io/restart-checksum").cloned())
         .unwrap_or_default()
 }
+
+/// Sets the first model's `maxBatch` of pool `name` the way a user would: `kubectl patch`.
+pub fn set_max_batch(cp: &ControlPlane, namespace: &str, name: &str, value: u32) -> Result<()> {
+    let patch = format!(r#"[{{"op":"replace","path":"/spec/models/0/maxBatch","value":{value}}}]"#);
+    cp.kubectl().run_ok(&[
+        "-n",
+        namespace,
+        "patch",
+        "gpool",
+        name,
+        "--type=json",
+        "-p",
+        &patch,
+    ])?;
+    Ok(())
+}
+
+/// How many `K` in `namespace` match `params`.
+pub async fn count<K>(
+    client: &Client,
+    namespace: &str,
+    params: &kube::api::ListParams,
+) -> Result<usize>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Ok(Api::<K>::namespaced(client.clone(), namespace)
+        .list(params)
+        .await?
+        .items
+        .len())
+}
