@@ -80,9 +80,12 @@ async fn a_pool_gets_children_scheduled_pods_and_status() -> Result<()> {
         .get("seg-config")
         .await?;
     assert!(owned(cm.owner_references()));
-    let svc = Api::<Service>::namespaced(client.clone(), &ns)
-        .get("seg")
-        .await?;
+    // The Service is applied right after the Deployment: wait for it rather than race it.
+    let svc = eventually(WAIT, "the Service", || {
+        let api = Api::<Service>::namespaced(client.clone(), &ns);
+        async move { Ok(api.get_opt("seg").await?) }
+    })
+    .await?;
     assert!(owned(svc.owner_references()));
     let pdb = eventually(
         WAIT,
