@@ -233,7 +233,7 @@ async fn live_edits_keep_the_pods_and_restart_edits_roll_them() -> Result<()> {
     assert!(old.models[0].max_batch > 2, "{old:?}");
 
     // maxBatch applies live: the ConfigMap changes, the pod template does not.
-    set_max_batch(&cp, &ns, "seg", 2)?;
+    set_max_batch(cp, &ns, "seg", 2)?;
     let generation = pool(&client, &ns, "seg")
         .await?
         .metadata
