@@ -172,14 +172,40 @@ spec:
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_node() {
+/// What every test here starts from: the shared control plane, a namespace of its own, a client,
+/// a node name derived from the namespace, and a state directory for the stand-in.
+struct Setup {
+    cp: &'static ControlPlane,
+    ns: String,
+    client: Client,
+    node: String,
+    state: tempfile::TempDir,
+}
+
+async fn setup(prefix: &str) -> Setup {
     init_tracing();
     let cp = ControlPlane::shared();
-    let ns = cp.namespace("kubelet-e2e").expect("namespace");
+    let ns = cp.namespace(prefix).expect("namespace");
     let client: Client = cp.client().await.expect("client");
     let node = format!("standin-{ns}");
-    let state = state_dir();
+    Setup {
+        cp,
+        ns,
+        client,
+        node,
+        state: state_dir(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_runs_schedules_reloads_and_replaces_pods_on_the_standin_node() {
+    let Setup {
+        cp,
+        ns,
+        client,
+        node,
+        state,
+    } = setup("kubelet-e2e").await;
     let kubelet = Kubelet::start(client.clone(), config(&node, 2, state.path()))
         .await
         .expect("kubelet starts");
@@ -433,12 +459,13 @@ fn last_exit(pod: &Pod) -> Option<(i32, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_flip_readiness_and_failed_processes_are_restarted_and_killed_on_delete() {
-    init_tracing();
-    let cp = ControlPlane::shared();
-    let ns = cp.namespace("kubelet-probes").expect("namespace");
-    let client: Client = cp.client().await.expect("client");
-    let node = format!("standin-{ns}");
-    let state = state_dir();
+    let Setup {
+        cp,
+        ns,
+        client,
+        node,
+        state,
+    } = setup("kubelet-probes").await;
     let kubelet = Kubelet::start(client.clone(), config(&node, 1, state.path()))
         .await
         .expect("kubelet starts");
@@ -507,12 +534,13 @@ async fn probes_flip_readiness_and_failed_processes_are_restarted_and_killed_on_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_pods_and_stops_them_and_the_node_on_sigterm() {
-    init_tracing();
-    let cp = ControlPlane::shared();
-    let ns = cp.namespace("kubelet-bin").expect("namespace");
-    let client: Client = cp.client().await.expect("client");
-    let node = format!("standin-{ns}");
-    let state = state_dir();
+    let Setup {
+        cp,
+        ns,
+        client,
+        node,
+        state,
+    } = setup("kubelet-bin").await;
     let cidr = PodCidr::unique_for_tests().to_string();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gpupool-kubelet"))
         .arg("--kubeconfig")
@@ -590,12 +618,12 @@ async fn the_binary_runs_pods_and_stops_them_and_the_node_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_can_delete_the_node_and_its_lease_goes_with_it() {
-    init_tracing();
-    let cp = ControlPlane::shared();
-    let ns = cp.namespace("kubelet-delete").expect("namespace");
-    let client: Client = cp.client().await.expect("client");
-    let node = format!("standin-{ns}");
-    let state = state_dir();
+    let Setup {
+        client,
+        node,
+        state,
+        ..
+    } = setup("kubelet-delete").await;
     let mut config = config(&node, 1, state.path());
     config.on_exit = gpupool_tests::kubelet::OnExit::Delete;
     let kubelet = Kubelet::start(client.clone(), config)
