@@ -57,9 +57,9 @@ spec:
   models:
   - name: unet_spherohq
     source: {{uri: "{}"}}
-    input: {{width: 256, height: 256}}
+    input: {{width: 384, height: 384}}
     precision: fp32
-    maxBatch: 2
+    maxBatch: 1
 "#,
         model_path.display()
     )
@@ -99,7 +99,8 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
     let ns = cp.namespace("e2e").expect("namespace");
     let client = cp.client().await.expect("client");
     let state = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("state dir");
-    let model = TinyModel::new("unet_spherohq", 256).path().expect("model");
+    // Batch 1 at 384×384 keeps the engine the bottleneck (not decoding), so requests queue there.
+    let model = TinyModel::new("unet_spherohq", 384).path().expect("model");
 
     let node_a = format!("e2e-gpu-a-{}", std::process::id());
     let kubelet_a = Kubelet::start(
@@ -169,7 +170,7 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
         image: Arc::new(image),
         file_name: "spheroids.png".into(),
         clients: 16,
-        duration: Duration::from_secs(25),
+        duration: Duration::from_secs(40),
         warmup_requests: 1,
     }));
 
@@ -177,7 +178,7 @@ async fn traffic_scales_the_pool_out_and_a_new_node_takes_the_pending_replica() 
     // Pending, unschedulable — the signal a cluster autoscaler acts on.
     wait_until(
         "a scale-out to 2 replicas",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || async { pool_json(cp, &ns)["spec"]["replicas"] == 2 },
     )
     .await;
