@@ -9,6 +9,7 @@ cargo build --release -p gpupool-tests --bin gpupool-loadgen
 cargo build --release -p gpupool-executor --example engine_bench
 mkdir -p .cache/device
 cp target/release/gpupool-sidecar target/release/gpupool-loadgen target/release/examples/engine_bench .cache/device/
+strip .cache/device/*  # debug info would not fit the 64 MiB a device call carries
 for b in .cache/device/gpupool-sidecar .cache/device/engine_bench; do
   readelf -d "$b" | grep -q 'libtorch_cuda' || { echo "$b does not link libtorch_cuda" >&2; exit 1; }
 done

@@ -1,9 +1,11 @@
 //! Closed-loop benchmark of the engine alone (no HTTP, no decode): `clients` tasks each submit one
 //! pre-processed image, wait for its logits, submit the next. Prints one JSON report.
 //!
-//!     engine_bench CONFIG.yaml --clients 8 --seconds 10 [--model NAME ...] [--device cuda]
+//!     engine_bench CONFIG.yaml --clients 1,2,4,8 --seconds 10 [--model NAME ...] [--device cuda]
 //!
-//! Models are given to clients round-robin (the seed's 4/2/2 split: `--model hrnet` ×4 ...).
+//! Models are given to clients round-robin (the seed's 4/2/2 split: `--model hrnet` ×4 ...). Each
+//! client count in the list is one run on the same engine (a scaling curve without restarts); each
+//! run reports its throughput, latency percentiles, batches formed and out-of-memory events.
 //! Used by bench/gpu_run.sh; the report includes the allocator's high-water mark and the budget.
 
 use gpupool_api::sidecar::SidecarConfig;
@@ -32,9 +34,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get(1)
         .ok_or("usage: engine_bench CONFIG.yaml [--clients N] [--seconds S] [--model M ...]")?;
     let config = SidecarConfig::from_yaml(&std::fs::read_to_string(path)?)?;
-    let clients: usize = arg_values(&args, "--clients")
+    let client_counts: Vec<usize> = arg_values(&args, "--clients")
         .first()
-        .map_or(Ok(8), |v| v.parse())?;
+        .map_or("8", String::as_str)
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let seconds: f64 = arg_values(&args, "--seconds")
         .first()
         .map_or(Ok(10.0), |v| v.parse())?;
@@ -72,6 +77,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Err("engine did not become ready".into());
     }
+    let mut runs = Vec::new();
+    for &clients in &client_counts {
+        let run = closed_loop(&engine, &models, &sizes, clients, seconds).await?;
+        eprintln!(
+            "{clients} clients: {:.1} img/s, p99 {:.0} ms",
+            run["images_per_second"], run["p99_ms"]
+        );
+        runs.push(run);
+    }
+    let telemetry = engine.telemetry();
+    let report = serde_json::json!({
+        "startup_seconds": startup_s,
+        "budget_bytes": telemetry.allocator.budget_bytes,
+        "peak_reserved_bytes": telemetry.allocator.peak_reserved_bytes,
+        "runs": runs,
+        "models": telemetry.models,
+        "device": telemetry.device,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// Per model: (images, batches, out-of-memory events) so far, to report what one run added.
+fn counters(engine: &Engine) -> BTreeMap<String, (u64, u64, u64)> {
+    engine
+        .telemetry()
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                (m.images_total, m.batches_total, m.oom_events_total),
+            )
+        })
+        .collect()
+}
+
+/// One closed-loop run: `clients` tasks, each submitting its model's input and waiting for the answer.
+async fn closed_loop(
+    engine: &Engine,
+    models: &[String],
+    sizes: &BTreeMap<String, usize>,
+    clients: usize,
+    seconds: f64,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = Vec::new();
     for i in 0..clients {
@@ -102,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     start.wait().await;
+    let before = counters(engine);
     let t_start = Instant::now();
     let mut all = Vec::new();
     let mut per_model: BTreeMap<String, u64> = BTreeMap::new();
@@ -114,24 +166,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = t_start.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
-    let telemetry = engine.telemetry();
-    let report = serde_json::json!({
+    let after = counters(engine);
+    let batches: BTreeMap<&String, serde_json::Value> = after
+        .iter()
+        .map(|(name, &(images, batches, ooms))| {
+            let (i0, b0, o0) = before.get(name).copied().unwrap_or_default();
+            let (di, db) = (images - i0, batches - b0);
+            let mean = if db == 0 { 0.0 } else { di as f64 / db as f64 };
+            (
+                name,
+                serde_json::json!({"images": di, "batches": db, "mean_batch": mean, "oom_events": ooms - o0}),
+            )
+        })
+        .collect();
+    Ok(serde_json::json!({
         "clients": clients,
         "seconds": elapsed,
-        "startup_seconds": startup_s,
         "images": all.len(),
         "errors": errors,
         "images_per_second": all.len() as f64 / elapsed,
         "per_model_images_per_second": per_model.iter().map(|(m, n)| (m.clone(), *n as f64 / elapsed)).collect::<BTreeMap<_, _>>(),
         "p50_ms": percentile(&all, 0.5),
         "p99_ms": percentile(&all, 0.99),
-        "peak_reserved_bytes": telemetry.allocator.peak_reserved_bytes,
-        "budget_bytes": telemetry.allocator.budget_bytes,
-        "oom_events": telemetry.models.iter().map(|m| m.oom_events_total).sum::<u64>(),
-        "models": telemetry.models,
-        "device": telemetry.device,
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    engine.shutdown().await;
-    Ok(())
+        "batches": batches,
+        "oom_events": after.values().map(|v| v.2).sum::<u64>() - before.values().map(|v| v.2).sum::<u64>(),
+    }))
 }

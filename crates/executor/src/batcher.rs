@@ -1,8 +1,16 @@
 //! The dynamic batcher of one model: a bounded queue that async callers push into without waiting
 //! (a full queue is refused at once), and that the model's slot threads pull batches from. A batch
-//! closes when it reaches the batch cap, when its oldest request has waited the max queue delay, or
-//! at shutdown; it is formed only when a slot is free to run it, so it grows while all slots are
-//! busy. Requests whose caller went away are dropped before they reach a slot.
+//! closes when it reaches the batch cap, when it is as large as the previous batch, when its oldest
+//! request has waited the max queue delay, or at shutdown; it is formed only when a slot is free to
+//! run it, so it grows while all slots are busy. Requests whose caller went away are dropped before
+//! they reach a slot.
+//!
+//! "As large as the previous batch" is what keeps both ends fast: one client waits no delay at
+//! all (its batches are of one), while eight closed-loop clients, whose requests come back
+//! together when their batch is answered, fill a batch of eight before it runs instead of being
+//! split into half-empty ones. When load falls, the delay closes a smaller batch and the
+//! expectation follows it down; when load rises, the queue grows while the slot is busy and the
+//! next batch is larger.
 //!
 //! The queue's bound and the slot count change live (`apply`), which is why this is a small
 //! mutex-and-condvar queue rather than a `tokio::sync::mpsc` channel, whose capacity is fixed at
@@ -40,17 +48,20 @@ pub(crate) enum Decision {
     Run,
 }
 
-/// The batching policy, as a pure function of the queue's state.
+/// The batching policy, as a pure function of the queue's state; `expected` is the size of the
+/// previous batch (the module doc says why).
 pub(crate) fn decide(
     len: usize,
     oldest_age: Duration,
     cap: usize,
     delay: Duration,
     draining: bool,
+    expected: usize,
 ) -> Decision {
+    let enough = expected.clamp(1, cap.max(1));
     if len == 0 {
         Decision::Idle
-    } else if len >= cap.max(1) || draining || oldest_age >= delay {
+    } else if len >= enough || draining || oldest_age >= delay {
         Decision::Run
     } else {
         Decision::Wait(delay - oldest_age)
@@ -83,6 +94,8 @@ struct State {
     live_slots: usize,
     target_slots: usize,
     cancelled: u64,
+    /// Size of the batch taken last (0 before the first).
+    last_batch: usize,
 }
 
 impl State {
@@ -111,6 +124,7 @@ impl BatchQueue {
                 live_slots: 0,
                 target_slots: 0,
                 cancelled: 0,
+                last_batch: 0,
             }),
             changed: Condvar::new(),
         }
@@ -156,7 +170,7 @@ impl BatchQueue {
                 .front()
                 .map(|r| r.enqueued.elapsed())
                 .unwrap_or_default();
-            match decide(st.pending.len(), age, cap, delay, st.closed) {
+            match decide(st.pending.len(), age, cap, delay, st.closed, st.last_batch) {
                 Decision::Run => return Next::Batch,
                 Decision::Idle => self.changed.wait(&mut st),
                 Decision::Wait(d) => {
@@ -172,6 +186,9 @@ impl BatchQueue {
         st.purge_cancelled();
         let k = n.min(st.pending.len());
         let batch: Vec<Request> = st.pending.drain(..k).collect();
+        if k > 0 {
+            st.last_batch = k;
+        }
         let more = !st.pending.is_empty();
         drop(st);
         if more {
@@ -258,15 +275,67 @@ mod tests {
 
     #[test]
     fn batch_closes_on_size_delay_or_drain() {
-        assert_eq!(decide(0, MS, 4, 5 * MS, false), Decision::Idle);
-        assert_eq!(decide(4, Duration::ZERO, 4, 5 * MS, false), Decision::Run);
-        assert_eq!(decide(2, 2 * MS, 4, 5 * MS, false), Decision::Wait(3 * MS));
-        assert_eq!(decide(2, 5 * MS, 4, 5 * MS, false), Decision::Run);
-        assert_eq!(decide(1, Duration::ZERO, 4, 5 * MS, true), Decision::Run);
+        let d = |len, age, draining| decide(len, age, 4, 5 * MS, draining, 8);
+        assert_eq!(d(0, MS, false), Decision::Idle);
+        assert_eq!(d(4, Duration::ZERO, false), Decision::Run, "cap reached");
+        assert_eq!(d(2, 2 * MS, false), Decision::Wait(3 * MS));
+        assert_eq!(d(2, 5 * MS, false), Decision::Run, "delay over");
+        assert_eq!(d(1, Duration::ZERO, true), Decision::Run, "draining");
         assert_eq!(
-            decide(1, Duration::ZERO, 4, Duration::ZERO, false),
+            decide(1, Duration::ZERO, 4, Duration::ZERO, false, 8),
             Decision::Run
         );
+    }
+
+    #[test]
+    fn batch_closes_when_as_large_as_the_previous_one() {
+        // One client: batches of one run at once, never waiting out the delay.
+        assert_eq!(
+            decide(1, Duration::ZERO, 8, 5 * MS, false, 1),
+            Decision::Run
+        );
+        // Before the first batch (0) the same holds.
+        assert_eq!(
+            decide(1, Duration::ZERO, 8, 5 * MS, false, 0),
+            Decision::Run
+        );
+        // Eight clients: wait for the eighth rather than run seven.
+        assert_eq!(decide(7, MS, 8, 5 * MS, false, 8), Decision::Wait(4 * MS));
+        assert_eq!(decide(8, MS, 8, 5 * MS, false, 8), Decision::Run);
+        // The previous batch never asks for more than the cap (lowered live).
+        assert_eq!(decide(4, MS, 4, 5 * MS, false, 8), Decision::Run);
+    }
+
+    #[test]
+    fn the_expected_size_follows_the_batches_taken() {
+        let q = BatchQueue::new(16);
+        q.set_target_slots(1);
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            let (r, rx) = request();
+            replies.push(rx);
+            assert!(q.push(r).is_ok());
+        }
+        assert_eq!(q.take(8).len(), 3);
+        // Two queued, three expected: the slot waits for the third (or the delay).
+        for _ in 0..2 {
+            let (r, rx) = request();
+            replies.push(rx);
+            assert!(q.push(r).is_ok());
+        }
+        let start = Instant::now();
+        assert_eq!(q.wait_batch(|| (8, 30 * MS)), Next::Batch);
+        assert!(start.elapsed() >= 25 * MS, "waited for the third request");
+        assert_eq!(q.take(8).len(), 2);
+        // Now two are expected: two queued run at once.
+        for _ in 0..2 {
+            let (r, rx) = request();
+            replies.push(rx);
+            assert!(q.push(r).is_ok());
+        }
+        let start = Instant::now();
+        assert_eq!(q.wait_batch(|| (8, Duration::from_secs(60))), Next::Batch);
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
@@ -315,7 +384,11 @@ mod tests {
         let q = BatchQueue::new(8);
         q.set_target_slots(1);
         let (a, _ra) = request();
-        assert!(q.push(a).is_ok());
+        let (b, _rb) = request();
+        assert!(q.push(a).is_ok() && q.push(b).is_ok());
+        assert_eq!(q.take(8).len(), 2);
+        let (c, _rc) = request();
+        assert!(q.push(c).is_ok());
         let start = Instant::now();
         assert_eq!(q.wait_batch(|| (4, 30 * MS)), Next::Batch);
         assert!(start.elapsed() >= 25 * MS);
