@@ -7,9 +7,10 @@ Pre: decode with Pillow, convert to RGB (as the original service did, so 16-bit 
 same way), resize to size×size ignoring aspect ratio, /255, normalise with ImageNet mean/std.
 Post: sigmoid, resize the probabilities back to the original width×height, foreground = prob > threshold.
 
-Both resizes are torch's bilinear interpolation with align_corners=False and no antialiasing: the same
-sampling as the original's cv2.resize(INTER_LINEAR) (which additionally rounds the resized image to
-uint8), and exactly what libtorch's upsample_bilinear2d does, so the Rust side can reproduce it.
+Both resizes are torch's bilinear interpolation with align_corners=False and antialias=True: Pillow's
+bilinear filter (plain bilinear when enlarging, a widened triangle filter when shrinking), without
+Pillow's rounding to 8 bits, and exactly the libtorch kernel the sidecar's engine runs
+(upsample_bilinear2d_aa), so a mask computed here and one the sidecar returns agree.
 
 Writes the mask as an 8-bit PNG (0 / 255) and a JSON summary with the foreground pixel count.
 --out-probs saves the float32 probabilities (original size) for tolerance-based comparisons, which are
@@ -37,14 +38,14 @@ def preprocess(image: Image.Image, size: int) -> torch.Tensor:
     """(1, 3, size, size) float32 model input from a decoded image."""
     rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
     x = rgb.permute(2, 0, 1).unsqueeze(0)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) / 255.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True) / 255.0
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def postprocess(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(height, width) float32 foreground probabilities from (1, 1, s, s) logits."""
     probs = torch.sigmoid(logits.float())
-    return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0, 0]
 
 
 def load_model(path: str, device: str) -> tuple[torch.jit.ScriptModule, dict]:

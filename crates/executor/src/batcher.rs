@@ -5,7 +5,8 @@
 //! run it, so it grows while all slots are busy. Requests whose caller went away are dropped before
 //! they reach a slot.
 //!
-//! "As large as the previous batch" is what keeps both ends fast: one client waits no delay at
+//! "As large as the previous batch" (before the first batch: as large as allowed) is what keeps
+//! both ends fast: one client waits no delay at
 //! all (its batches are of one), while eight closed-loop clients, whose requests come back
 //! together when their batch is answered, fill a batch of eight before it runs instead of being
 //! split into half-empty ones. When load falls, the delay closes a smaller batch and the
@@ -17,20 +18,79 @@
 //! creation. Answers go back over `tokio::sync::oneshot`.
 
 use crate::error::InferError;
-use crate::Inference;
+use crate::image::RawImage;
+use crate::staging::Staged;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// What a caller asks of the model for one image.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Pre-processed CHW float image at the model's input size; the logits come back.
+    Logits(Vec<f32>),
+    /// A decoded image; its mask at its own size comes back.
+    Segment {
+        /// The pixels.
+        image: RawImage,
+        /// Probability above which a pixel is foreground.
+        threshold: f32,
+    },
+}
+
+impl Job {
+    /// How the stager handles it.
+    pub fn staged(&self) -> Staged<'_> {
+        match self {
+            Job::Logits(_) => Staged::Tensor,
+            Job::Segment { image, threshold } => Staged::Image {
+                image,
+                threshold: *threshold,
+            },
+        }
+    }
+
+    /// Device memory its pre- and post-processing need beyond the batch's measured peak.
+    pub fn scratch_bytes(&self, model_pixels: usize) -> u64 {
+        match self {
+            Job::Logits(_) => 0,
+            Job::Segment { image, .. } => image.scratch_bytes(model_pixels),
+        }
+    }
+}
+
+/// What the model produced for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Output {
+    /// H × W logits at the model's input size.
+    Logits(Vec<f32>),
+    /// Mask and probabilities at the image's size.
+    Mask {
+        /// 0/1 per pixel.
+        mask: Vec<u8>,
+        /// Foreground probability per pixel.
+        probabilities: Vec<f32>,
+    },
+}
+
+/// One image's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Answer {
+    /// What came out.
+    pub output: Output,
+    /// Images in the forward pass that produced it (after any out-of-memory split).
+    pub batch_size: u32,
+}
+
 /// Where a request's answer goes.
-pub(crate) type Reply = oneshot::Sender<Result<Inference, InferError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Answer, InferError>>;
 
 /// One image waiting for a batch.
 #[derive(Debug)]
 pub(crate) struct Request {
-    /// Pre-processed CHW float image at the model's input size.
-    pub image: Vec<f32>,
+    /// What to do with it.
+    pub job: Job,
     /// The caller's answer channel.
     pub reply: Reply,
     /// When it was queued (latency is measured from here).
@@ -94,7 +154,8 @@ struct State {
     live_slots: usize,
     target_slots: usize,
     cancelled: u64,
-    /// Size of the batch taken last (0 before the first).
+    /// Size of the batch taken last; before the first, "as large as allowed", so a queue that
+    /// has never run waits out the delay like a plain delay-or-size batcher.
     last_batch: usize,
 }
 
@@ -124,7 +185,7 @@ impl BatchQueue {
                 live_slots: 0,
                 target_slots: 0,
                 cancelled: 0,
-                last_batch: 0,
+                last_batch: usize::MAX,
             }),
             changed: Condvar::new(),
         }
@@ -261,11 +322,11 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn request() -> (Request, oneshot::Receiver<Result<Inference, InferError>>) {
+    fn request() -> (Request, oneshot::Receiver<Result<Answer, InferError>>) {
         let (tx, rx) = oneshot::channel();
         (
             Request {
-                image: vec![0.0],
+                job: Job::Logits(vec![0.0]),
                 reply: tx,
                 enqueued: Instant::now(),
             },
@@ -383,10 +444,6 @@ mod tests {
     fn waits_for_the_delay_then_runs() {
         let q = BatchQueue::new(8);
         q.set_target_slots(1);
-        let (a, _ra) = request();
-        let (b, _rb) = request();
-        assert!(q.push(a).is_ok() && q.push(b).is_ok());
-        assert_eq!(q.take(8).len(), 2);
         let (c, _rc) = request();
         assert!(q.push(c).is_ok());
         let start = Instant::now();

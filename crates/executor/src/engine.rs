@@ -2,11 +2,12 @@
 //! its telemetry, reconfigure it live, shut it down. Cloning an engine gives another handle to the
 //! same engine; dropping the last handle begins shutdown.
 
-use crate::batcher::{Refused, Request};
+use crate::batcher::{Answer, Job, Output, Refused, Request};
 use crate::circuit;
 use crate::config::{DeviceChoice, EngineOptions, LiveSettings};
 use crate::cuda::ComputeDevice;
 use crate::error::{EngineError, InferError};
+use crate::image::{RawImage, Segmentation};
 use crate::nvml::{DeviceProbe, NvmlProbe};
 use crate::precision;
 use crate::state::{ModelEntry, Shared};
@@ -160,15 +161,61 @@ impl Engine {
         model: &str,
         image: Vec<f32>,
     ) -> Result<Inference, InferError> {
-        let answer = self.submit(model, image)?;
+        let answer = self.run_job(model, Job::Logits(image)).await?;
+        match answer.output {
+            Output::Logits(logits) => Ok(Inference {
+                logits,
+                batch_size: answer.batch_size,
+            }),
+            Output::Mask { .. } => Err(mismatched(model)),
+        }
+    }
+
+    /// Segments a decoded image with `model`: resized and normalised for the model, run in a
+    /// batch, and its foreground probabilities resized back to the image's size and thresholded,
+    /// all on the model's device (`crate::image` says why). Refused like [`Engine::infer`], and
+    /// with [`InferError::InvalidRequest`] for a threshold outside 0..1.
+    pub async fn segment(
+        &self,
+        model: &str,
+        image: RawImage,
+        threshold: f32,
+    ) -> Result<Segmentation, InferError> {
+        if !(threshold > 0.0 && threshold < 1.0) {
+            return Err(InferError::InvalidRequest {
+                model: model.to_owned(),
+                message: format!("threshold {threshold} is not between 0 and 1"),
+            });
+        }
+        let (width, height) = (image.width(), image.height());
+        let answer = self
+            .run_job(model, Job::Segment { image, threshold })
+            .await?;
+        match answer.output {
+            Output::Mask {
+                mask,
+                probabilities,
+            } => Ok(Segmentation {
+                width,
+                height,
+                mask,
+                probabilities,
+                batch_size: answer.batch_size,
+            }),
+            Output::Logits(_) => Err(mismatched(model)),
+        }
+    }
+
+    async fn run_job(&self, model: &str, job: Job) -> Result<Answer, InferError> {
+        let answer = self.submit(model, job)?;
         answer.await.unwrap_or(Err(InferError::ShuttingDown))
     }
 
     fn submit(
         &self,
         model: &str,
-        image: Vec<f32>,
-    ) -> Result<oneshot::Receiver<Result<Inference, InferError>>, InferError> {
+        job: Job,
+    ) -> Result<oneshot::Receiver<Result<Answer, InferError>>, InferError> {
         let s = &self.shared;
         if s.is_shutting_down() {
             return Err(InferError::ShuttingDown);
@@ -176,12 +223,14 @@ impl Engine {
         let entry = s
             .model(model)
             .ok_or_else(|| InferError::UnknownModel(model.to_owned()))?;
-        if image.len() != entry.image_len() {
-            return Err(InferError::InvalidInput {
-                model: model.to_owned(),
-                expected: entry.image_len(),
-                got: image.len(),
-            });
+        if let Job::Logits(image) = &job {
+            if image.len() != entry.image_len() {
+                return Err(InferError::InvalidInput {
+                    model: model.to_owned(),
+                    expected: entry.image_len(),
+                    got: image.len(),
+                });
+            }
         }
         let not_ready = |reason: Option<String>| InferError::ModelNotReady {
             model: model.to_owned(),
@@ -196,7 +245,7 @@ impl Engine {
         }
         let (reply, answer) = oneshot::channel();
         match entry.queue.push(Request {
-            image,
+            job,
             reply,
             enqueued: Instant::now(),
         }) {
@@ -334,4 +383,12 @@ fn restart_fields(a: &SidecarConfig, b: &SidecarConfig) -> String {
         }
     }
     what.join(", ")
+}
+
+/// A slot answered a job with the other kind of output: a bug, reported rather than panicking.
+fn mismatched(model: &str) -> InferError {
+    InferError::Inference {
+        model: model.to_owned(),
+        message: "internal error: the answer does not match the request".to_owned(),
+    }
 }

@@ -20,6 +20,14 @@ pub enum InferError {
         /// Number given.
         got: usize,
     },
+    /// A request parameter is out of range (HTTP 400).
+    #[error("request for model {model:?}: {message}")]
+    InvalidRequest {
+        /// Model name.
+        model: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The model's queue is full (HTTP 429).
     #[error("model {model:?} has {depth} requests waiting; try again later")]
     QueueFull {
@@ -66,7 +74,7 @@ impl InferError {
     pub fn http_status(&self) -> u16 {
         match self {
             InferError::UnknownModel(_) => 404,
-            InferError::InvalidInput { .. } => 400,
+            InferError::InvalidInput { .. } | InferError::InvalidRequest { .. } => 400,
             InferError::QueueFull { .. } => 429,
             InferError::CircuitOpen { .. }
             | InferError::ModelNotReady { .. }
@@ -88,6 +96,7 @@ impl InferError {
         match self {
             InferError::UnknownModel(_) => "unknown_model",
             InferError::InvalidInput { .. } => "invalid_input",
+            InferError::InvalidRequest { .. } => "invalid_request",
             InferError::QueueFull { .. } => "queue_full",
             InferError::CircuitOpen { .. } => "circuit_open",
             InferError::ModelNotReady { .. } => "model_not_ready",

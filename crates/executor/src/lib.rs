@@ -6,6 +6,8 @@
 //! - Execution: one OS thread per execution slot, owning its CUDA stream; async callers reach it
 //!   through a bounded per-model queue and get answers over oneshot channels; a dynamic batcher
 //!   closes a batch on size, memory or delay; pinned host buffers and non-blocking copies.
+//! - Images: [`Engine::segment`] takes decoded pixels and returns the mask at the image's size;
+//!   resizing, normalising, sigmoid and threshold run on the device next to the model.
 //! - Memory: a ledger admits weights and each batch's measured peak against the budget, so the
 //!   budget is never crossed by construction; the libtorch allocator is capped at the budget too;
 //!   models load on demand and the least recently used unpinned ones are unloaded for room.
@@ -35,6 +37,7 @@ pub mod cuda;
 mod engine;
 mod error;
 mod gate;
+mod image;
 mod loader;
 mod model;
 mod nvml;
@@ -52,4 +55,5 @@ pub use config::{CalibrationOptions, DeviceChoice, EngineOptions};
 pub use cuda::{AllocatorStats, ComputeDevice, ShimError};
 pub use engine::{Engine, Inference};
 pub use error::{EngineError, InferError};
+pub use image::{RawImage, RawImageError, Samples, Segmentation};
 pub use nvml::{DeviceProbe, ManualProbe, NvmlProbe};

@@ -3,13 +3,12 @@
 //! model is loaded, admit the batch's memory in the ledger (a smaller batch if the whole one does
 //! not fit), run it with out-of-memory splitting, answer every request.
 
-use crate::batcher::{Next, Request};
+use crate::batcher::{Answer, Job, Next, Output, Request};
 use crate::error::InferError;
 use crate::loader::{self, InUse, LoadFailure};
 use crate::oom::{self, ForwardFailure};
 use crate::staging::Stager;
 use crate::state::{ModelEntry, Shared};
-use crate::Inference;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,12 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
             0
         }
     };
-    let mut stager = Stager::new(shared.device, stream, entry.height, entry.width);
+    let mut stager = Stager::new(
+        shared.device,
+        stream,
+        (entry.height, entry.width),
+        entry.norm,
+    );
     warm_up(&shared, &entry, &mut stager);
     if let Some(done) = warmed {
         done();
@@ -115,8 +119,28 @@ fn admit<'a>(
                 if requests.is_empty() {
                     return None;
                 }
-                if requests.len() < n {
-                    reservation.resize(cost(requests.len()));
+                // Decoded images also need room to be resized on the device and their masks
+                // resized back: the largest one's, as images are processed one at a time.
+                let scratch = requests
+                    .iter()
+                    .map(|r| r.job.scratch_bytes(entry.height * entry.width))
+                    .max()
+                    .unwrap_or(0);
+                let need = cost(requests.len()).saturating_add(scratch);
+                while !reservation.resize(need) {
+                    if shared.is_shutting_down() || Instant::now() >= deadline {
+                        let error = InferError::ModelNotReady {
+                            model: entry.name.clone(),
+                            reason: format!(
+                                "no memory within {:?} for a batch of {} with its image processing ({need} bytes)",
+                                shared.options.memory_wait,
+                                requests.len()
+                            ),
+                        };
+                        fail_all(entry, requests, &error);
+                        return None;
+                    }
+                    shared.ledger.wait_for_release(Duration::from_millis(50));
                 }
                 return Some((in_use, reservation, requests));
             }
@@ -156,12 +180,16 @@ fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
         requests
             .iter()
             .enumerate()
-            .try_for_each(|(i, r)| stager.stage(i, &r.image))
+            .try_for_each(|(i, r)| match &r.job {
+                Job::Logits(image) => stager.stage(i, image),
+                Job::Segment { .. } => Ok(()),
+            })
     });
+    let kinds: Vec<_> = requests.iter().map(|r| r.job.staged()).collect();
     let outcome = match staged {
         Ok(()) => oom::run_split(
             n,
-            |range| stager.run(model, range),
+            |range| stager.run_batch(model, range, &kinds),
             || shared.device.empty_cache(),
         ),
         Err(e) => oom::SplitOutcome {
@@ -196,13 +224,22 @@ fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     let mut latencies = Vec::with_capacity(n);
     let mut answers = Vec::with_capacity(n);
     for (i, request) in requests.into_iter().enumerate() {
-        let answer = match failure_of(i) {
-            Some(f) => Err(f.clone()),
-            None => stager.read(i).map(|logits| Inference {
-                logits,
-                batch_size: u32::try_from(batch_of(i)).unwrap_or(u32::MAX),
-            }),
+        let output = match (failure_of(i), &request.job) {
+            (Some(f), _) => Err(f.clone()),
+            (None, Job::Logits(_)) => stager.read(i).map(Output::Logits),
+            (None, Job::Segment { .. }) => {
+                stager
+                    .take_mask(i)
+                    .map(|(mask, probabilities)| Output::Mask {
+                        mask,
+                        probabilities,
+                    })
+            }
         };
+        let answer = output.map(|output| Answer {
+            output,
+            batch_size: u32::try_from(batch_of(i)).unwrap_or(u32::MAX),
+        });
         let answer = answer.map_err(|f: ForwardFailure| InferError::Inference {
             model: entry.name.clone(),
             message: f.message().to_owned(),

@@ -1,13 +1,33 @@
-//! Host-side staging of one execution slot: a batch is written into a host tensor (pinned on a
-//! GPU), copied to the device without blocking on the slot's stream, run, and its logits copied
-//! back (again without blocking) into a second host tensor; one synchronisation per run. The
-//! buffers are reused from batch to batch, so the hot path allocates no host memory.
+//! Host-side staging of one execution slot: a batch of pre-processed images is written into a
+//! host tensor (pinned on a GPU), copied to the device without blocking on the slot's stream, run,
+//! and its logits copied back (again without blocking) into a second host tensor; one
+//! synchronisation per run. The buffers are reused from batch to batch, so the hot path allocates
+//! no host memory. Segmentation jobs skip the float staging: their decoded pixels go up as they
+//! are and their masks come back at the image's size (`crate::image`).
 
 use crate::cuda::{self, ComputeDevice};
+use crate::image::{self, Normalisation, RawImage};
 use crate::model::LoadedModel;
 use crate::oom::ForwardFailure;
 use std::ops::Range;
 use tch::{Kind, Tensor};
+
+/// What one image of a batch is, as far as staging is concerned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Staged<'a> {
+    /// A pre-processed float image written with [`Stager::stage`]; its logits are read back.
+    Tensor,
+    /// A decoded image, pre- and post-processed on the device; its mask is read back.
+    Image {
+        /// The pixels.
+        image: &'a RawImage,
+        /// Probability above which a pixel is foreground.
+        threshold: f32,
+    },
+}
+
+/// A mask and its probabilities at the image's size, waiting to be taken.
+type MaskAndProbabilities = (Vec<u8>, Vec<f32>);
 
 struct Buffers {
     input: Tensor,
@@ -21,7 +41,9 @@ pub(crate) struct Stager {
     stream: usize,
     height: usize,
     width: usize,
+    norm: Normalisation,
     buffers: Option<Buffers>,
+    masks: Vec<Option<MaskAndProbabilities>>,
 }
 
 fn other(e: impl std::fmt::Display) -> ForwardFailure {
@@ -33,15 +55,22 @@ fn to_i64(n: usize) -> i64 {
 }
 
 impl Stager {
-    /// Buffers for `height`×`width` images, on a stream the calling thread made current (`stream`
-    /// is its raw handle, 0 on the CPU).
-    pub fn new(device: ComputeDevice, stream: usize, height: usize, width: usize) -> Self {
+    /// Buffers for `height`×`width` images normalised by `norm`, on a stream the calling thread
+    /// made current (`stream` is its raw handle, 0 on the CPU).
+    pub fn new(
+        device: ComputeDevice,
+        stream: usize,
+        (height, width): (usize, usize),
+        norm: Normalisation,
+    ) -> Self {
         Self {
             device,
             stream,
             height,
             width,
+            norm,
             buffers: None,
+            masks: Vec::new(),
         }
     }
 
@@ -107,9 +136,92 @@ impl Stager {
         Ok(())
     }
 
-    /// Runs images `range` through `model` and leaves their logits in the output buffer. Returns
-    /// once the results are on the host.
+    /// Runs staged float images `range` through `model` and leaves their logits in the output
+    /// buffer. Returns once the results are on the host.
     pub fn run(&mut self, model: &LoadedModel, range: Range<usize>) -> Result<(), ForwardFailure> {
+        self.run_batch(model, range, &[])
+    }
+
+    /// Runs images `range` of a batch whose images are `kinds` (missing entries are
+    /// [`Staged::Tensor`]): logits of float images go to the output buffer ([`Stager::read`]),
+    /// masks of decoded ones are kept for [`Stager::take_mask`]. Returns once all are on the host.
+    pub fn run_batch(
+        &mut self,
+        model: &LoadedModel,
+        range: Range<usize>,
+        kinds: &[Staged<'_>],
+    ) -> Result<(), ForwardFailure> {
+        let kind_of = |i: usize| kinds.get(i).copied().unwrap_or(Staged::Tensor);
+        if range.clone().all(|i| matches!(kind_of(i), Staged::Tensor)) {
+            return self.run_tensors(model, range);
+        }
+        let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
+        let (device, stream, h, w) = (self.device, self.stream, self.height, self.width);
+        let norm = self.norm;
+        let b = self.buffers()?;
+        if range.end > b.capacity {
+            return Err(ForwardFailure::Other(format!(
+                "range {range:?} beyond staged capacity {}",
+                b.capacity
+            )));
+        }
+        let parts = range
+            .clone()
+            .map(|i| match kind_of(i) {
+                Staged::Tensor => b
+                    .input
+                    .f_narrow(0, to_i64(i), 1)
+                    .and_then(|t| t.f_to_device_(device.tch(), Kind::Float, true, false)),
+                Staged::Image { image, .. } => {
+                    image::to_model_input(image, device.tch(), (h, w), norm)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(torch)?;
+        let input = Tensor::f_cat(&parts, 0).map_err(torch)?;
+        drop(parts);
+        let out = model.forward(&input, stream)?;
+        drop(input);
+        check_shape(&out, range.len(), h, w)?;
+        if self.masks.len() < range.end {
+            self.masks.resize(range.end, None);
+        }
+        for (j, i) in range.enumerate() {
+            let item = out.f_narrow(0, to_i64(j), 1).map_err(torch)?;
+            match kind_of(i) {
+                Staged::Tensor => {
+                    let b = self.buffers()?;
+                    let mut host = b.output.f_narrow(0, to_i64(i), 1).map_err(other)?;
+                    let flat = item.f_reshape([1, to_i64(h * w)]).map_err(torch)?;
+                    cuda::tensor_copy(&mut host, &flat, device.is_cuda())
+                        .map_err(|e| ForwardFailure::classify(e.to_string()))?;
+                }
+                Staged::Image { image, threshold } => {
+                    self.masks[i] = Some(
+                        image::to_mask(&item, image.width(), image.height(), threshold)
+                            .map_err(torch)?,
+                    );
+                }
+            }
+        }
+        device
+            .synchronize()
+            .map_err(|e| ForwardFailure::classify(e.to_string()))
+    }
+
+    /// Takes the mask and probabilities of decoded image `i` (after [`Stager::run_batch`]).
+    pub fn take_mask(&mut self, i: usize) -> Result<MaskAndProbabilities, ForwardFailure> {
+        self.masks
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| ForwardFailure::Other(format!("no mask was computed for image {i}")))
+    }
+
+    fn run_tensors(
+        &mut self,
+        model: &LoadedModel,
+        range: Range<usize>,
+    ) -> Result<(), ForwardFailure> {
         let (device, stream, h, w) = (self.device, self.stream, self.height, self.width);
         let (start, len) = (to_i64(range.start), to_i64(range.len()));
         let b = self.buffers()?;
@@ -128,13 +240,7 @@ impl Stager {
             host_in
         };
         let out = model.forward(&input, stream)?;
-        let size = out.size();
-        let expected = range.len() * h * w;
-        if size.first() != Some(&len) || out.numel() != expected {
-            return Err(ForwardFailure::Other(format!(
-                "model returned shape {size:?}, expected [{len}, 1, {h}, {w}] logits"
-            )));
-        }
+        check_shape(&out, range.len(), h, w)?;
         let flat = out.f_reshape([len, to_i64(h * w)]).map_err(other)?;
         let mut host_out = b.output.f_narrow(0, start, len).map_err(other)?;
         cuda::tensor_copy(&mut host_out, &flat, device.is_cuda())
@@ -155,4 +261,15 @@ impl Stager {
         cuda::read_f32(&b.output, i * len, &mut out).map_err(other)?;
         Ok(out)
     }
+}
+
+/// The model must answer `[n, 1, h, w]` logits (any shape with `n` rows and `h × w` per row).
+fn check_shape(out: &Tensor, n: usize, h: usize, w: usize) -> Result<(), ForwardFailure> {
+    let size = out.size();
+    if size.first() != Some(&to_i64(n)) || out.numel() != n * h * w {
+        return Err(ForwardFailure::Other(format!(
+            "model returned shape {size:?}, expected [{n}, 1, {h}, {w}] logits"
+        )));
+    }
+    Ok(())
 }

@@ -119,7 +119,12 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
         entry.source.format,
         shared.device.is_cuda(),
     );
-    let mut stager = Stager::new(shared.device, stream, entry.height, entry.width);
+    let mut stager = Stager::new(
+        shared.device,
+        stream,
+        (entry.height, entry.width),
+        entry.norm,
+    );
     let mut points: Vec<ProfilePoint> = Vec::new();
     let mut kept: Option<Arc<Resident>> = None;
     let mut errors = Vec::new();

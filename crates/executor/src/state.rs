@@ -13,6 +13,7 @@ use crate::config::{EngineOptions, LiveSettings};
 use crate::cuda::ComputeDevice;
 use crate::error::EngineError;
 use crate::gate::Gate;
+use crate::image::Normalisation;
 use crate::model::{FileFacts, LoadedModel};
 use crate::residency::Lru;
 use crate::stats::ModelStats;
@@ -54,6 +55,8 @@ pub(crate) struct ModelEntry {
     pub source: ModelSource,
     pub height: usize,
     pub width: usize,
+    /// Per-channel mean and standard deviation of the model's input.
+    pub norm: Normalisation,
     pub settings: RwLock<LiveSettings>,
     pub queue: BatchQueue,
     pub runtime: Mutex<Runtime>,
@@ -75,6 +78,11 @@ impl ModelEntry {
             source: m.source.clone(),
             height: m.input.height as usize,
             width: m.input.width as usize,
+            // Validated at start-up to three values each.
+            norm: Normalisation {
+                mean: std::array::from_fn(|c| m.input.mean.get(c).copied().unwrap_or(0.0)),
+                std: std::array::from_fn(|c| m.input.std.get(c).copied().unwrap_or(1.0)),
+            },
             batch_cap: AtomicUsize::new(settings.max_batch),
             delay_us: AtomicU64::new(0),
             settings: RwLock::new(settings),

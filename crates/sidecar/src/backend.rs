@@ -11,6 +11,8 @@ use gpupool_api::telemetry::{ModelState, TelemetryReport};
 use gpupool_api::{ModelFormat, Precision};
 use std::time::Duration;
 
+pub use gpupool_executor::{RawImage, Samples, Segmentation};
+
 /// What the HTTP layer knows about one configured model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
@@ -82,6 +84,9 @@ pub enum BackendError {
         /// Values given.
         got: usize,
     },
+    /// A request parameter is out of range.
+    #[error("{0}")]
+    BadRequest(String),
     /// The forward pass failed.
     #[error("inference failed: {0}")]
     Inference(String),
@@ -109,6 +114,15 @@ pub trait Backend: Send + Sync + 'static {
         model: &str,
         input: Vec<f32>,
     ) -> BoxFuture<'static, Result<Inference, BackendError>>;
+
+    /// Segments one decoded image with `model`: the mask (`p > threshold`) and probabilities at
+    /// the image's own size.
+    fn segment(
+        &self,
+        model: &str,
+        image: RawImage,
+        threshold: f32,
+    ) -> BoxFuture<'static, Result<Segmentation, BackendError>>;
 
     /// Whether every model is loaded and calibrated.
     fn ready(&self) -> bool;

@@ -1,6 +1,8 @@
 //! The [`Backend`] the sidecar runs in production: the executor's [`Engine`].
 
-use crate::backend::{ApplyError, Backend, BackendError, Inference, ModelInfo};
+use crate::backend::{
+    ApplyError, Backend, BackendError, Inference, ModelInfo, RawImage, Segmentation,
+};
 use crate::imaging::InputGeometry;
 use crate::settings::{DeviceChoice, Settings};
 use futures::future::BoxFuture;
@@ -60,6 +62,7 @@ fn backend_error(e: InferError) -> BackendError {
             expected,
             got,
         },
+        e @ InferError::InvalidRequest { .. } => BackendError::BadRequest(e.to_string()),
         InferError::QueueFull { model, .. } => BackendError::QueueFull(model),
         InferError::CircuitOpen { retry_after, .. } => BackendError::CircuitOpen { retry_after },
         InferError::ModelNotReady { model, reason } => {
@@ -122,6 +125,22 @@ impl Backend for EngineBackend {
                 logits: out.logits,
                 batch_size: out.batch_size,
             })
+        })
+    }
+
+    fn segment(
+        &self,
+        model: &str,
+        image: RawImage,
+        threshold: f32,
+    ) -> BoxFuture<'static, Result<Segmentation, BackendError>> {
+        let engine = self.engine.clone();
+        let model = model.to_string();
+        Box::pin(async move {
+            engine
+                .segment(&model, image, threshold)
+                .await
+                .map_err(backend_error)
         })
     }
 

@@ -99,7 +99,9 @@ impl ApiError {
             ApiError::UnknownModel { .. } | ApiError::Backend(BackendError::UnknownModel(_)) => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::Backend(BackendError::BadInput { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::Backend(BackendError::BadInput { .. } | BackendError::BadRequest(_)) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Overloaded | ApiError::Backend(BackendError::QueueFull(_)) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -131,6 +133,7 @@ impl ApiError {
             ApiError::Backend(BackendError::CircuitOpen { .. }) => "gpu_memory_pressure",
             ApiError::Backend(BackendError::ShuttingDown) => "shutting_down",
             ApiError::Backend(BackendError::BadInput { .. }) => "bad_input",
+            ApiError::Backend(BackendError::BadRequest(_)) => "bad_request",
             ApiError::Backend(BackendError::Inference(_)) => "inference_failed",
             ApiError::Overloaded => "overloaded",
             ApiError::Postprocess(_) => "postprocess_failed",

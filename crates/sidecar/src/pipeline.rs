@@ -1,12 +1,13 @@
-//! One image's way through the sidecar: decode → pre-process → GPU → polygons.
+//! One image's way through the sidecar: decode → engine (resize, normalise, model, sigmoid,
+//! resize back, threshold, all on the device) → polygons.
 //!
-//! Decoding, resizing and contour extraction run on tokio's blocking pool, so the async workers
-//! keep accepting requests and the batcher keeps the GPU fed while the CPU works on other images.
+//! Decoding and contour extraction run on tokio's blocking pool, so the async workers keep
+//! accepting requests and the batcher keeps the GPU fed while the CPU works on other images.
 
 use crate::backend::{Backend, ModelInfo};
 use crate::error::ApiError;
 use crate::imaging::{
-    decode_image, extract_polygons, to_model_input, DecodeLimits, Polygon, PostprocessOptions,
+    decode_image, mask_png, polygons_from_mask, DecodeLimits, Polygon, PostprocessOptions,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -15,6 +16,9 @@ use std::time::Instant;
 
 /// Thresholds the original API accepts.
 pub const THRESHOLD_RANGE: std::ops::RangeInclusive<f32> = 0.1..=0.9;
+/// Smallest-area filters accepted (pixels²); the default is the original service's
+/// [`crate::imaging::MIN_AREA`].
+pub const MIN_AREA_RANGE: std::ops::RangeInclusive<f64> = 0.0..=1e12;
 
 /// A validated segmentation request.
 #[derive(Debug, Clone)]
@@ -27,6 +31,10 @@ pub struct SegmentRequest {
     pub threshold: f32,
     /// Report holes as internal polygons.
     pub detect_holes: bool,
+    /// Outlines enclosing fewer pixels² are dropped.
+    pub min_area: f64,
+    /// Add the mask to the response as a PNG.
+    pub return_mask: bool,
 }
 
 /// Width and height of the uploaded image.
@@ -66,6 +74,9 @@ pub struct SegmentResponse {
     /// Set when the result may surprise (e.g. nothing found).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The mask at the image's size as a base64 PNG (255 = foreground), when `return_mask` asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_png: Option<String>,
 }
 
 /// Runs segmentation requests against a backend.
@@ -126,31 +137,54 @@ impl Pipeline {
             .into());
         }
 
+        if !MIN_AREA_RANGE.contains(&request.min_area) {
+            return Err(ApiError::InvalidField {
+                field: "min_area",
+                message: format!(
+                    "{} is outside {}..={}",
+                    request.min_area,
+                    MIN_AREA_RANGE.start(),
+                    MIN_AREA_RANGE.end()
+                ),
+            });
+        }
+
         let limits = self.limits;
-        let geometry = model.geometry;
         let image = request.image;
-        let (input, size) = blocking(move || {
-            let decoded = decode_image(&image, &limits)?;
-            let size = ImageSize {
-                width: decoded.width(),
-                height: decoded.height(),
-            };
-            Ok::<_, ApiError>((to_model_input(&decoded, &geometry), size))
+        let raw = blocking(move || {
+            decode_image(&image, &limits)?
+                .into_raw()
+                .map_err(|e| ApiError::Internal(format!("decoded image: {e}")))
         })
         .await??;
+        let size = ImageSize {
+            width: raw.width(),
+            height: raw.height(),
+        };
         let preprocessing_time = started.elapsed().as_secs_f64();
 
         let inference_started = Instant::now();
-        let inference = self.backend.infer(&model.name, input).await?;
+        let segmentation = self
+            .backend
+            .segment(&model.name, raw, request.threshold)
+            .await?;
         let inference_time = inference_started.elapsed().as_secs_f64();
+        let batch_size_used = segmentation.batch_size;
 
         let post_started = Instant::now();
-        let options = PostprocessOptions::new(request.threshold, request.detect_holes);
-        let (w, h) = (geometry.width(), geometry.height());
-        let logits = inference.logits;
-        let polygons =
-            blocking(move || extract_polygons(&logits, w, h, size.width, size.height, &options))
-                .await??;
+        let options = PostprocessOptions::new(request.detect_holes, request.min_area);
+        let return_mask = request.return_mask;
+        let (polygons, mask_png) = blocking(move || {
+            let s = &segmentation;
+            let polygons =
+                polygons_from_mask(&s.mask, &s.probabilities, s.width, s.height, &options)?;
+            let png = return_mask
+                .then(|| mask_png(&s.mask, s.width, s.height))
+                .transpose()
+                .map_err(|e| ApiError::Internal(format!("encoding the mask: {e}")))?;
+            Ok::<_, ApiError>((polygons, png))
+        })
+        .await??;
         let postprocessing_time = post_started.elapsed().as_secs_f64();
 
         let warning = polygons
@@ -167,8 +201,9 @@ impl Pipeline {
             preprocessing_time,
             postprocessing_time,
             gpu_enabled: self.backend.gpu_enabled(),
-            batch_size_used: inference.batch_size,
+            batch_size_used,
             warning,
+            mask_png,
         })
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, model, unet_path, Sidecar, SIZE};
+use common::{config, model, model_at, unet_path, unet_path_at, Sidecar, SIZE};
 use gpupool_tests::images::{encode, png_header_only, spheroid_png as png, spheroid_rgb};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -20,6 +20,8 @@ async fn sidecar() -> &'static Sidecar {
             let cfg = config(vec![
                 model("unet_spherohq", &unet, 8),
                 model("unet_copy", &unet, 8),
+                // Slow enough on a CPU that requests queue while a batch runs.
+                model_at("unet_slow", &unet_path_at(256), 8, 256),
                 model("broken", std::path::Path::new("/nonexistent/model.pt"), 8),
             ]);
             let s = Sidecar::start(
@@ -129,6 +131,98 @@ async fn segments_png_jpeg_and_16bit_tiff_with_the_original_fields() {
 }
 
 #[tokio::test]
+async fn the_returned_mask_is_what_the_polygons_outline() {
+    use base64::Engine as _;
+    let s = sidecar().await;
+    let (status, plain) = s
+        .segment(png(200, 150), &[("model", "unet_spherohq")])
+        .await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(plain.get("mask_png").is_none(), "mask only when asked");
+    let (status, body) = s
+        .segment(
+            png(200, 150),
+            &[
+                ("model", "unet_spherohq"),
+                ("return_mask", "true"),
+                ("min_area", "0"),
+                ("threshold", "0.5"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["mask_png"].as_str().expect("mask_png"))
+        .expect("base64");
+    let mask = image::load_from_memory(&bytes).expect("png").to_luma8();
+    assert_eq!(mask.dimensions(), (200, 150));
+    assert!(mask.pixels().all(|p| p[0] == 0 || p[0] == 255));
+    // Every vertex of every outline (outer borders and hole borders alike) is a foreground pixel.
+    let polygons = body["polygons"].as_array().expect("polygons");
+    let foreground = mask.pixels().filter(|p| p[0] == 255).count();
+    // The test model (seeded weights) finds outlines in this image, so the check below bites.
+    assert!(!polygons.is_empty() && foreground > 0, "{body}");
+    for p in polygons {
+        for q in p["points"].as_array().expect("points") {
+            let (x, y) = (q["x"].as_u64().expect("x"), q["y"].as_u64().expect("y"));
+            assert_eq!(mask.get_pixel(x as u32, y as u32)[0], 255, "({x}, {y})");
+        }
+    }
+    // min_area 0 keeps at least what the default filter keeps.
+    assert!(polygons.len() >= plain["polygons"].as_array().map_or(0, Vec::len));
+}
+
+/// The same model file and image through PyTorch (tests/models/reference.py: the pre- and
+/// post-processing of models.md) and through the sidecar: the masks must agree.
+#[tokio::test]
+async fn the_mask_matches_pytorch_on_the_same_file_and_image() {
+    use base64::Engine as _;
+    let s = sidecar().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Larger than the model's 64×64 input one way and smaller the other: both resize directions.
+    let (image_path, reference) = (dir.path().join("in.png"), dir.path().join("ref.png"));
+    std::fs::write(&image_path, png(150, 40)).expect("write image");
+    let out = std::process::Command::new(gpupool_tests::venv_python())
+        .arg(gpupool_tests::repo_root().join("tests/models/reference.py"))
+        .args(["--model-file", unet_path().to_str().expect("utf-8 path")])
+        .args(["--image", image_path.to_str().expect("utf-8 path")])
+        .args(["--out-mask", reference.to_str().expect("utf-8 path")])
+        .args(["--size", &SIZE.to_string(), "--threshold", "0.5"])
+        .output()
+        .expect("run reference.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = image::open(&reference).expect("reference mask").to_luma8();
+    let (status, body) = s
+        .segment(
+            png(150, 40),
+            &[("model", "unet_spherohq"), ("return_mask", "true")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["mask_png"].as_str().expect("mask_png"))
+        .expect("base64");
+    let got = image::load_from_memory(&bytes).expect("png").to_luma8();
+    assert_eq!(got.dimensions(), expected.dimensions());
+    let (mut both, mut either) = (0u64, 0u64);
+    for (a, b) in got.pixels().zip(expected.pixels()) {
+        let (a, b) = (a[0] == 255, b[0] == 255);
+        both += u64::from(a && b);
+        either += u64::from(a || b);
+    }
+    assert!(
+        either > 0,
+        "the reference found foreground, so the comparison bites"
+    );
+    let iou = both as f64 / either as f64;
+    assert!(iou >= 0.999, "mask IoU against PyTorch {iou}");
+}
+
+#[tokio::test]
 async fn batch_segment_answers_each_image_and_isolates_a_bad_one() {
     let s = sidecar().await;
     let form = reqwest::multipart::Form::new()
@@ -230,6 +324,27 @@ async fn bad_uploads_get_4xx_json_naming_the_problem() {
             "holes not bool",
             ok.clone(),
             vec![("model", "unet_spherohq"), ("detect_holes", "maybe")],
+            400,
+            "invalid_field",
+        ),
+        (
+            "min_area negative",
+            ok.clone(),
+            vec![("model", "unet_spherohq"), ("min_area", "-1")],
+            400,
+            "invalid_field",
+        ),
+        (
+            "min_area text",
+            ok.clone(),
+            vec![("model", "unet_spherohq"), ("min_area", "big")],
+            400,
+            "invalid_field",
+        ),
+        (
+            "return_mask not bool",
+            ok.clone(),
+            vec![("model", "unet_spherohq"), ("return_mask", "please")],
             400,
             "invalid_field",
         ),
@@ -373,6 +488,8 @@ async fn a_broken_model_is_not_ready_with_a_reason_and_the_others_serve() {
 
 #[tokio::test]
 async fn concurrent_requests_share_batches_and_metrics_tell() {
+    // The batcher runs a batch as soon as the slot is free and the queue holds as many requests
+    // as the previous batch had: requests that arrive while a batch runs share the next one.
     let s = sidecar().await;
     let before = s.get_json("/v1/telemetry").await.1;
     let count = |t: &Value, field: &str| -> u64 {
@@ -380,11 +497,11 @@ async fn concurrent_requests_share_batches_and_metrics_tell() {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|m| m["name"] == "unet_copy")
+            .filter(|m| m["name"] == "unet_slow")
             .filter_map(|m| m[field].as_u64())
             .sum()
     };
-    let requests = (0..24).map(|_| s.segment(png(64, 64), &[("model", "unet_copy")]));
+    let requests = (0..24).map(|_| s.segment(png(64, 64), &[("model", "unet_slow")]));
     for (status, body) in futures::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
     }
@@ -409,7 +526,7 @@ async fn concurrent_requests_share_batches_and_metrics_tell() {
         "gpupool_sidecar_num_requests_running",
         "gpupool_sidecar_gpu_memory_usage_perc",
         "vllm:num_requests_waiting",
-        "gpupool_sidecar_images_total{model=\"unet_copy\"}",
+        "gpupool_sidecar_images_total{model=\"unet_slow\"}",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

@@ -2,6 +2,8 @@
 //! be wrong turned into a 4xx that names the field.
 
 use crate::error::ApiError;
+use crate::imaging::MIN_AREA;
+use crate::pipeline::SegmentRequest;
 use axum::extract::multipart::{Multipart, MultipartError};
 use bytes::Bytes;
 
@@ -16,6 +18,25 @@ pub struct SegmentForm {
     pub threshold: Option<f32>,
     /// `detect_holes`, if given.
     pub detect_holes: Option<bool>,
+    /// `min_area` (pixels²; an extension of the original API), if given.
+    pub min_area: Option<f64>,
+    /// `return_mask` (an extension: add the mask as a PNG to the response), if given.
+    pub return_mask: Option<bool>,
+}
+
+impl SegmentForm {
+    /// The request for one of the form's images, with the original service's defaults for the
+    /// fields not given.
+    pub fn request(&self, image: Bytes, model: String) -> SegmentRequest {
+        SegmentRequest {
+            image,
+            model,
+            threshold: self.threshold.unwrap_or(DEFAULT_THRESHOLD),
+            detect_holes: self.detect_holes.unwrap_or(true),
+            min_area: self.min_area.unwrap_or(MIN_AREA),
+            return_mask: self.return_mask.unwrap_or(false),
+        }
+    }
 }
 
 /// The original service's default model.
@@ -38,6 +59,22 @@ fn text(bytes: &[u8], field: &'static str) -> Result<String, ApiError> {
             field,
             message: "not UTF-8 text".into(),
         })
+}
+
+fn number<T: std::str::FromStr>(bytes: &[u8], field: &'static str) -> Result<T, ApiError> {
+    let raw = text(bytes, field)?;
+    raw.parse().map_err(|_| ApiError::InvalidField {
+        field,
+        message: format!("{raw:?} is not a number"),
+    })
+}
+
+fn boolean(bytes: &[u8], field: &'static str) -> Result<bool, ApiError> {
+    let raw = text(bytes, field)?;
+    parse_bool(&raw).ok_or_else(|| ApiError::InvalidField {
+        field,
+        message: format!("{raw:?} is not true or false"),
+    })
 }
 
 /// Parses a boolean as the original (FastAPI) service did.
@@ -69,22 +106,10 @@ pub async fn read_form(
         match name.as_str() {
             n if file_fields.contains(&n) => form.files.push(data),
             "model" => form.model = Some(text(&data, "model")?),
-            "threshold" => {
-                let raw = text(&data, "threshold")?;
-                let value: f32 = raw.parse().map_err(|_| ApiError::InvalidField {
-                    field: "threshold",
-                    message: format!("{raw:?} is not a number"),
-                })?;
-                form.threshold = Some(value);
-            }
-            "detect_holes" => {
-                let raw = text(&data, "detect_holes")?;
-                form.detect_holes =
-                    Some(parse_bool(&raw).ok_or_else(|| ApiError::InvalidField {
-                        field: "detect_holes",
-                        message: format!("{raw:?} is not true or false"),
-                    })?);
-            }
+            "threshold" => form.threshold = Some(number(&data, "threshold")?),
+            "min_area" => form.min_area = Some(number(&data, "min_area")?),
+            "detect_holes" => form.detect_holes = Some(boolean(&data, "detect_holes")?),
+            "return_mask" => form.return_mask = Some(boolean(&data, "return_mask")?),
             // Unknown fields are ignored, as FastAPI did.
             _ => {}
         }

@@ -1,10 +1,10 @@
 //! `POST /api/v1/segment` and `POST /api/v1/batch-segment`: the original service's API, so its
 //! clients work unchanged.
 
-use super::multipart::{read_form, DEFAULT_MODEL, DEFAULT_THRESHOLD};
+use super::multipart::{read_form, DEFAULT_MODEL};
 use super::AppState;
 use crate::error::ApiError;
-use crate::pipeline::{SegmentRequest, SegmentResponse};
+use crate::pipeline::SegmentResponse;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::Json;
@@ -19,10 +19,10 @@ pub async fn segment(
     State(state): State<AppState>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<SegmentResponse>, ApiError> {
-    let form = read_form(multipart?, &["file"], state.limits.max_body_bytes).await?;
+    let mut form = read_form(multipart?, &["file"], state.limits.max_body_bytes).await?;
     let image = match form.files.len() {
         0 => return Err(ApiError::MissingField { field: "file" }),
-        1 => form.files.into_iter().next().unwrap_or_default(),
+        1 => form.files.pop().unwrap_or_default(),
         n => {
             return Err(ApiError::InvalidField {
                 field: "file",
@@ -30,12 +30,8 @@ pub async fn segment(
             })
         }
     };
-    let request = SegmentRequest {
-        image,
-        model: form.model.unwrap_or_else(|| DEFAULT_MODEL.into()),
-        threshold: form.threshold.unwrap_or(DEFAULT_THRESHOLD),
-        detect_holes: form.detect_holes.unwrap_or(true),
-    };
+    let model = form.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
+    let request = form.request(image, model);
     state.pipeline.segment(request).await.map(Json)
 }
 
@@ -76,7 +72,7 @@ pub async fn batch_segment(
     State(state): State<AppState>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let form = read_form(
+    let mut form = read_form(
         multipart?,
         &["files", "files[]", "file"],
         state.limits.max_body_bytes,
@@ -91,19 +87,13 @@ pub async fn batch_segment(
             message: format!("{} files sent; at most {MAX_BATCH_FILES}", form.files.len()),
         });
     }
-    let model = form.model.unwrap_or_else(|| DEFAULT_MODEL.into());
+    let model = form.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
     // Request-level problems fail the whole request before any image is processed.
     state.pipeline.model(&model)?;
-    let threshold = form.threshold.unwrap_or(DEFAULT_THRESHOLD);
-    let detect_holes = form.detect_holes.unwrap_or(true);
-    let runs = form.files.into_iter().map(|image| {
-        state.pipeline.segment(SegmentRequest {
-            image,
-            model: model.clone(),
-            threshold,
-            detect_holes,
-        })
-    });
+    let files = std::mem::take(&mut form.files);
+    let runs = files
+        .into_iter()
+        .map(|image| state.pipeline.segment(form.request(image, model.clone())));
     let results: Vec<BatchItem> = join_all(runs)
         .await
         .into_iter()

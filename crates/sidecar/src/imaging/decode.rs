@@ -14,6 +14,8 @@
 
 use std::io::Cursor;
 
+use gpupool_executor::{RawImage, RawImageError, Samples};
+
 use image::{
     DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, Luma,
     Rgb,
@@ -220,13 +222,17 @@ impl DecodedImage {
         }
     }
 
-    /// Wraps pixels built in memory, for other modules' tests.
-    #[cfg(test)]
-    pub(crate) fn for_tests(pixels: Pixels) -> Self {
-        DecodedImage {
-            pixels,
-            format: SourceFormat::Png,
-        }
+    /// The pixels as the engine takes them (interleaved samples); consumes the image. Fails only
+    /// for an image without pixels, which decoding already refuses.
+    pub fn into_raw(self) -> Result<RawImage, RawImageError> {
+        let (width, height) = self.dimensions();
+        let (channels, samples) = match self.pixels {
+            Pixels::Gray8(i) => (1, Samples::U8(i.into_raw())),
+            Pixels::Rgb8(i) => (3, Samples::U8(i.into_raw())),
+            Pixels::Gray16(i) => (1, Samples::U16(i.into_raw())),
+            Pixels::Rgb16(i) => (3, Samples::U16(i.into_raw())),
+        };
+        RawImage::new(width, height, channels, samples)
     }
 
     fn from_dynamic(format: SourceFormat, image: DynamicImage) -> Result<Self, DecodeError> {

@@ -1,20 +1,21 @@
-//! The image side of the sidecar: bytes in, model input out; logits in, polygons out.
+//! The CPU side of the sidecar's image work: bytes in, pixels out; mask in, polygons out.
+//! (Resizing, normalising, sigmoid and threshold run on the model's device, in the engine.)
 //!
 //! - [`decode_image`]: upload bytes to pixels, refusing bombs and broken files up front.
-//! - [`to_model_input`] / [`fill_model_input`]: pixels to the normalised CHW `f32` tensor.
-//! - [`extract_polygons`]: logits to the response's polygons.
+//! - [`InputGeometry`]: the size and normalisation a model takes.
+//! - [`polygons_from_mask`]: the engine's mask to the response's polygons.
+//! - [`mask_png`]: the mask as a PNG, for clients that want the pixels.
 
 mod contours;
 pub mod decode;
+pub mod geometry;
+pub mod mask_png;
 pub mod polygon;
 pub mod postprocess;
-pub mod preprocess;
-mod resample;
 
 pub use contours::{MIN_AREA, MIN_POINTS};
 pub use decode::{decode_image, DecodeError, DecodeLimits, DecodedImage, SourceFormat};
+pub use geometry::{GeometryError, InputGeometry};
+pub use mask_png::{mask_png, MaskPngError};
 pub use polygon::{Point, Polygon, PolygonClass, PolygonType};
-pub use postprocess::{extract_polygons, PostprocessError, PostprocessOptions};
-pub use preprocess::{
-    fill_model_input, to_model_input, BufferSizeMismatch, GeometryError, InputGeometry,
-};
+pub use postprocess::{polygons_from_mask, PostprocessError, PostprocessOptions};

@@ -1,12 +1,10 @@
-//! From the model's logits to the polygons of the response.
+//! From the mask the engine returns to the polygons of the response.
 //!
-//! Order, as the original service: sigmoid, bilinear resize of the *probabilities* to the
-//! original size, threshold (`p > threshold`), contours. The sigmoid runs at model resolution
-//! (cheaper than at the original's whenever the original is larger) and the resize is of
-//! probabilities, not logits: resizing commutes with neither the sigmoid nor the threshold,
-//! so thresholding resized logits would move borders. The resize is the same PIL-style
-//! bilinear filter as pre-processing (plain half-pixel bilinear when enlarging, antialiased
-//! when shrinking); resampled rows are thresholded as they come, straight into the mask.
+//! The original service's order is sigmoid, bilinear resize of the *probabilities* to the
+//! original size, threshold (`p > threshold`), contours. The first three run on the model's
+//! device next to the forward pass (`gpupool_executor::Engine::segment`), which hands back the
+//! mask and the probabilities at the original size; what is left here is the sequential part:
+//! tracing the contours, filtering and nesting them, and each polygon's confidence.
 //!
 //! Confidence of a polygon: the mean probability of the foreground pixels of the 8-connected
 //! object it outlines (for a hole, of the object around it). It says how sure the model is of
@@ -14,22 +12,18 @@
 //! would dilute, and it is cheap: a scanline flood fill from each reported object's border
 //! reads only that object's pixels, once.
 //!
-//! Peak memory is about 9 bytes per original pixel: the probability map (4), the mask (1)
-//! and the contour tracer's 4-byte working image.
+//! Peak memory is about 5 bytes per original pixel beyond the inputs: the framed mask (1) and
+//! the contour tracer's 4-byte working image.
 
 use image::GrayImage;
 use thiserror::Error;
 
 use super::contours::{outlines, ContourRules, Outline, MIN_AREA, MIN_POINTS};
 use super::polygon::{Polygon, PolygonClass};
-use super::resample::resample;
 
-/// How a probability map becomes polygons; one per request.
+/// Which outlines a request keeps; one per request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PostprocessOptions {
-    /// A pixel is foreground when its probability is strictly greater than this (the API
-    /// validates 0.1..=0.9 before we get here; any value works, NaN gives no foreground).
-    pub threshold: f32,
     /// Report holes as `internal` polygons (the API's `detect_holes`); when false only the
     /// objects' outer outlines are reported, as if holes had been filled.
     pub detect_holes: bool,
@@ -40,124 +34,105 @@ pub struct PostprocessOptions {
 }
 
 impl PostprocessOptions {
-    /// The API's options with the original service's size filters.
-    pub fn new(threshold: f32, detect_holes: bool) -> Self {
+    /// The API's options: holes or not, and the smallest area kept.
+    pub fn new(detect_holes: bool, min_area: f64) -> Self {
         PostprocessOptions {
-            threshold,
             detect_holes,
-            min_area: MIN_AREA,
+            min_area,
             min_points: MIN_POINTS,
         }
     }
 }
 
 impl Default for PostprocessOptions {
-    /// The API's defaults: threshold 0.5, holes detected.
+    /// The original service's: holes detected, contours under 50 px² dropped.
     fn default() -> Self {
-        Self::new(0.5, true)
+        Self::new(true, MIN_AREA)
     }
 }
 
-/// Why logits could not be turned into polygons: a mismatch between what the model returned
-/// and what the request expects, i.e. a server-side bug, never the client's fault.
+/// Why a mask could not be turned into polygons: a mismatch between what the engine returned
+/// and the image, i.e. a server-side bug, never the client's fault.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum PostprocessError {
-    /// The logits slice does not hold `model_w * model_h` values.
-    #[error("model output holds {got} logits, expected {expected}")]
-    LogitsLength {
-        /// `model_w * model_h`.
+    /// The mask or the probabilities do not hold `width * height` values.
+    #[error(
+        "the mask holds {mask} values and the probabilities {probabilities}, expected {expected}"
+    )]
+    Length {
+        /// `width * height`.
         expected: usize,
-        /// Length received.
-        got: usize,
+        /// Mask length received.
+        mask: usize,
+        /// Probabilities length received.
+        probabilities: usize,
     },
-    /// The model or the original size has no pixels.
-    #[error("cannot map a {model_w}x{model_h} model output onto a {orig_w}x{orig_h} image")]
+    /// The image has no pixels.
+    #[error("cannot outline a {width}x{height} image")]
     ZeroSize {
-        /// Model output width.
-        model_w: u32,
-        /// Model output height.
-        model_h: u32,
-        /// Original image width.
-        orig_w: u32,
-        /// Original image height.
-        orig_h: u32,
+        /// Image width.
+        width: u32,
+        /// Image height.
+        height: u32,
     },
-    /// The original image has 2³² pixels or more (decode limits stop such images far earlier).
-    #[error("a {orig_w}x{orig_h} image is too large to post-process")]
+    /// The image has 2³² pixels or more (decode limits stop such images far earlier).
+    #[error("a {width}x{height} image is too large to post-process")]
     TooLarge {
-        /// Original image width.
-        orig_w: u32,
-        /// Original image height.
-        orig_h: u32,
+        /// Image width.
+        width: u32,
+        /// Image height.
+        height: u32,
     },
 }
 
-/// Turns one image's logits (`model_w`×`model_h`, row-major) into polygons in the
-/// coordinates of the original `orig_w`×`orig_h` image.
+/// Outlines the foreground of `mask` (`width`×`height`, row-major, non-zero = foreground) and
+/// rates each outline by `probabilities` (same layout).
 ///
 /// Polygons come in raster order of their first pixel, so a hole always follows the object
 /// it perforates (`parent_id < id`); ids are 1-based positions in the returned list.
-pub fn extract_polygons(
-    logits: &[f32],
-    model_w: u32,
-    model_h: u32,
-    orig_w: u32,
-    orig_h: u32,
+pub fn polygons_from_mask(
+    mask: &[u8],
+    probabilities: &[f32],
+    width: u32,
+    height: u32,
     options: &PostprocessOptions,
 ) -> Result<Vec<Polygon>, PostprocessError> {
-    if model_w == 0 || model_h == 0 || orig_w == 0 || orig_h == 0 {
-        return Err(PostprocessError::ZeroSize {
-            model_w,
-            model_h,
-            orig_w,
-            orig_h,
-        });
+    if width == 0 || height == 0 {
+        return Err(PostprocessError::ZeroSize { width, height });
     }
-    let expected = model_w as usize * model_h as usize;
-    if logits.len() != expected {
-        return Err(PostprocessError::LogitsLength {
+    if (u64::from(width) + 2) * (u64::from(height) + 2) >= 1 << 32 {
+        return Err(PostprocessError::TooLarge { width, height });
+    }
+    let expected = width as usize * height as usize;
+    if mask.len() != expected || probabilities.len() != expected {
+        return Err(PostprocessError::Length {
             expected,
-            got: logits.len(),
+            mask: mask.len(),
+            probabilities: probabilities.len(),
         });
     }
-    let (framed_w, framed_h) = (u64::from(orig_w) + 2, u64::from(orig_h) + 2);
-    if framed_w * framed_h >= 1 << 32 {
-        return Err(PostprocessError::TooLarge { orig_w, orig_h });
-    }
-    let (w, h) = (orig_w as usize, orig_h as usize);
-
-    let model_probs: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
-    let mut probs = vec![0.0f32; w * h];
-    // The mask has a one-pixel background frame, which contour tracing needs.
-    let mut mask = GrayImage::new(orig_w + 2, orig_h + 2);
+    let w = width as usize;
+    // The mask gets a one-pixel background frame, which contour tracing needs.
+    let mut framed = GrayImage::new(width + 2, height + 2);
     {
-        let mask_bytes: &mut [u8] = &mut mask;
-        let threshold = options.threshold;
-        resample::<f32, 1>(
-            &model_probs,
-            (model_w as usize, model_h as usize),
-            (w, h),
-            |y, row| {
-                probs[y * w..(y + 1) * w].copy_from_slice(row);
-                let start = (y + 1) * (w + 2) + 1;
-                for (m, &p) in mask_bytes[start..start + w].iter_mut().zip(row) {
-                    *m = if p > threshold { FOREGROUND } else { 0 };
-                }
-            },
-        );
+        let framed_bytes: &mut [u8] = &mut framed;
+        for (y, row) in mask.chunks_exact(w).enumerate() {
+            let start = (y + 1) * (w + 2) + 1;
+            for (m, &v) in framed_bytes[start..start + w].iter_mut().zip(row) {
+                *m = if v != 0 { FOREGROUND } else { 0 };
+            }
+        }
     }
-    drop(model_probs);
-
     let rules = ContourRules {
         detect_holes: options.detect_holes,
         min_area: options.min_area,
         min_points: options.min_points,
     };
-    let found = outlines(&mask, rules);
+    let found = outlines(&framed, rules);
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    let confidences = confidences(&mut mask, &probs, &found);
+    let confidences = confidences(&mut framed, probabilities, &found);
     Ok(found
         .into_iter()
         .zip(confidences)
@@ -172,16 +147,6 @@ pub fn extract_polygons(
             parent_id: outline.parent.map(id_of),
         })
         .collect())
-}
-
-/// Numerically safe logistic function; NaN logits count as certain background.
-#[inline]
-fn sigmoid(logit: f32) -> f32 {
-    if logit.is_nan() {
-        0.0
-    } else {
-        1.0 / (1.0 + (-logit).exp())
-    }
 }
 
 /// The 1-based id of the polygon at position `index`.
@@ -276,34 +241,37 @@ mod tests {
     use super::*;
     use crate::imaging::polygon::{Point, PolygonType};
 
-    /// Logits of `w`x`h` with `value(x, y)` per pixel.
-    fn logits(w: u32, h: u32, value: impl Fn(u32, u32) -> f32) -> Vec<f32> {
-        (0..h)
+    /// Mask (`p > 0.5`) and probabilities of a `w`x`h` image with `p(x, y)` per pixel.
+    fn segmented(w: u32, h: u32, p: impl Fn(u32, u32) -> f32) -> (Vec<u8>, Vec<f32>) {
+        let probs: Vec<f32> = (0..h)
             .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| value(x, y))
-            .collect()
+            .map(|(x, y)| p(x, y))
+            .collect();
+        (probs.iter().map(|&v| u8::from(v > 0.5)).collect(), probs)
+    }
+
+    fn outline(
+        w: u32,
+        h: u32,
+        p: impl Fn(u32, u32) -> f32,
+        options: &PostprocessOptions,
+    ) -> Vec<Polygon> {
+        let (mask, probs) = segmented(w, h, p);
+        polygons_from_mask(&mask, &probs, w, h, options).expect("valid input")
     }
 
     fn ring(x: u32, y: u32) -> f32 {
-        let d2 = (x as f32 - 32.0).powi(2) + (y as f32 - 32.0).powi(2);
-        if (100.0..=576.0).contains(&d2) {
-            8.0
+        let d2 = (x as f32 - 64.0).powi(2) + (y as f32 - 48.0).powi(2);
+        if (400.0..=1764.0).contains(&d2) {
+            0.99
         } else {
-            -8.0
+            0.01
         }
     }
 
     #[test]
-    fn ring_gives_an_external_and_a_hole_at_the_original_size() {
-        let polygons = extract_polygons(
-            &logits(64, 64, ring),
-            64,
-            64,
-            128,
-            96,
-            &PostprocessOptions::default(),
-        )
-        .expect("valid input");
+    fn ring_gives_an_external_and_its_hole() {
+        let polygons = outline(128, 96, ring, &PostprocessOptions::default());
         assert_eq!(polygons.len(), 2, "{polygons:?}");
         let (outer, hole) = (&polygons[0], &polygons[1]);
         assert_eq!(
@@ -314,98 +282,81 @@ mod tests {
             (hole.id, hole.kind, hole.parent_id),
             (2, PolygonType::Internal, Some(1))
         );
-        for p in polygons.iter().flat_map(|p| &p.points) {
-            assert!(p.x < 128 && p.y < 96, "{p:?}");
-        }
-        // Scaled 2x horizontally, 1.5x vertically: the outer ring spans about 2*48 by 1.5*48.
+        // The outer ring spans 2*42 pixels each way.
         let span = |f: fn(&Point) -> u32| {
             let v: Vec<u32> = outer.points.iter().map(f).collect();
             v.iter().max().copied().unwrap_or(0) - v.iter().min().copied().unwrap_or(0)
         };
-        assert!((span(|p| p.x) as i64 - 96).abs() <= 3, "{}", span(|p| p.x));
-        assert!((span(|p| p.y) as i64 - 72).abs() <= 3, "{}", span(|p| p.y));
+        assert!((span(|p| p.x) as i64 - 84).abs() <= 1, "{}", span(|p| p.x));
+        assert!((span(|p| p.y) as i64 - 84).abs() <= 1, "{}", span(|p| p.y));
         for p in &polygons {
             assert_eq!(p.vertices_count, p.points.len());
-            assert!(
-                p.confidence > 0.5 && p.confidence <= 1.0,
-                "{}",
-                p.confidence
-            );
+            assert!((p.confidence - 0.99).abs() < 1e-6, "{}", p.confidence);
         }
-        assert_eq!(outer.confidence, hole.confidence);
-
-        let filled = PostprocessOptions::new(0.5, false);
-        let outer_only =
-            extract_polygons(&logits(64, 64, ring), 64, 64, 128, 96, &filled).expect("valid input");
-        assert_eq!(outer_only, polygons[..1]);
+        let filled = outline(128, 96, ring, &PostprocessOptions::new(false, MIN_AREA));
+        assert_eq!(filled, polygons[..1]);
     }
 
     #[test]
-    fn tiny_blobs_are_dropped() {
+    fn tiny_blobs_are_dropped_unless_asked_for() {
         let blob = |size: u32| {
             move |x: u32, y: u32| {
                 if x >= 10 && y >= 10 && x < 10 + size && y < 10 + size {
-                    5.0
+                    0.9
                 } else {
-                    -5.0
+                    0.1
                 }
             }
         };
         let options = PostprocessOptions::default();
         // 6x6 pixels: outline area 25 < 50.
-        assert!(
-            extract_polygons(&logits(40, 40, blob(6)), 40, 40, 40, 40, &options)
-                .expect("valid input")
-                .is_empty()
+        assert!(outline(40, 40, blob(6), &options).is_empty());
+        // Kept with a smaller minimum area.
+        assert_eq!(
+            outline(40, 40, blob(6), &PostprocessOptions::new(true, 0.0)).len(),
+            1
         );
         // 10x10 pixels: outline area 81.
-        let kept = extract_polygons(&logits(40, 40, blob(10)), 40, 40, 40, 40, &options)
-            .expect("valid input");
+        let kept = outline(40, 40, blob(10), &options);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].vertices_count, 4);
+        // A single pixel or a straight line has fewer than 3 vertices, whatever the area rule.
+        assert!(outline(40, 40, blob(1), &PostprocessOptions::new(true, 0.0)).is_empty());
     }
 
     #[test]
     fn confidence_is_the_mean_probability_of_each_object() {
         let two = |x: u32, y: u32| match (x, y) {
-            (2..=11, 2..=11) => 2.0,
-            (20..=29, 2..=11) => 5.0,
-            _ => -5.0,
+            (2..=11, 2..=11) => 0.7,
+            (20..=29, 2..=11) => 0.95,
+            _ => 0.05,
         };
-        let polygons = extract_polygons(
-            &logits(32, 16, two),
-            32,
-            16,
-            32,
-            16,
-            &PostprocessOptions::default(),
-        )
-        .expect("valid input");
+        let polygons = outline(32, 16, two, &PostprocessOptions::default());
         assert_eq!(polygons.len(), 2);
-        assert!((polygons[0].confidence - sigmoid(2.0)).abs() < 1e-6);
-        assert!((polygons[1].confidence - sigmoid(5.0)).abs() < 1e-6);
+        assert!((polygons[0].confidence - 0.7).abs() < 1e-6);
+        assert!((polygons[1].confidence - 0.95).abs() < 1e-6);
     }
 
     #[test]
     fn confidence_follows_8_connectivity_through_odd_shapes() {
         // A comb (teeth joined at the bottom, so the fill must climb back up every tooth)
-        // plus a square touching it only at a corner; logits vary per pixel.
+        // plus a square touching it only at a corner; probabilities vary per pixel.
         let shape = |x: u32, y: u32| {
             let comb = (2..30).contains(&x) && (2..20).contains(&y) && (x % 4 < 2 || y >= 17);
             let diagonal = (30..38).contains(&x) && (20..28).contains(&y);
             if comb || diagonal {
-                0.5 + ((x * 7 + y * 3) % 5) as f32
+                0.55 + ((x * 7 + y * 3) % 5) as f32 * 0.1
             } else {
-                -4.0
+                0.02
             }
         };
-        let l = logits(40, 30, shape);
-        let polygons = extract_polygons(&l, 40, 30, 40, 30, &PostprocessOptions::default())
+        let (mask, probs) = segmented(40, 30, shape);
+        let polygons = polygons_from_mask(&mask, &probs, 40, 30, &PostprocessOptions::default())
             .expect("valid input");
         assert_eq!(polygons.len(), 1, "{polygons:?}");
-        let foreground: Vec<f64> = l
+        let foreground: Vec<f64> = probs
             .iter()
-            .map(|&v| f64::from(sigmoid(v)))
+            .map(|&v| f64::from(v))
             .filter(|&p| p > 0.5)
             .collect();
         let mean = foreground.iter().sum::<f64>() / foreground.len() as f64;
@@ -413,55 +364,33 @@ mod tests {
     }
 
     #[test]
-    fn threshold_is_strict_and_edges_are_outlined() {
-        let half = logits(20, 10, |_, _| 0.0); // probability exactly 0.5 everywhere
-        let strict = extract_polygons(&half, 20, 10, 20, 10, &PostprocessOptions::new(0.5, true));
-        assert_eq!(strict, Ok(vec![]));
-        let all = extract_polygons(&half, 20, 10, 40, 20, &PostprocessOptions::new(0.4, true))
-            .expect("valid input");
+    fn edges_are_outlined() {
+        let all = outline(40, 20, |_, _| 0.6, &PostprocessOptions::default());
         assert_eq!(all.len(), 1);
         let mut corners = all[0].points.clone();
         corners.sort_by_key(|p| (p.y, p.x));
         let expected = [(0, 0), (39, 0), (0, 19), (39, 19)].map(|(x, y)| Point { x, y });
         assert_eq!(corners, expected);
-        assert!((all[0].confidence - 0.5).abs() < 1e-6);
-    }
-
-    #[test]
-    fn shrinking_and_bad_logits_work() {
-        let polygons = extract_polygons(
-            &logits(64, 64, ring),
-            64,
-            64,
-            32,
-            40,
-            &PostprocessOptions::default(),
-        )
-        .expect("valid input");
-        assert_eq!(polygons.len(), 2);
-        let nan = vec![f32::NAN; 16];
-        assert_eq!(
-            extract_polygons(&nan, 4, 4, 8, 8, &PostprocessOptions::default()),
-            Ok(vec![])
-        );
+        assert!((all[0].confidence - 0.6).abs() < 1e-6);
     }
 
     #[test]
     fn inconsistent_sizes_are_errors() {
         let options = PostprocessOptions::default();
         assert_eq!(
-            extract_polygons(&[0.0; 15], 4, 4, 8, 8, &options),
-            Err(PostprocessError::LogitsLength {
+            polygons_from_mask(&[0; 15], &[0.0; 16], 4, 4, &options),
+            Err(PostprocessError::Length {
                 expected: 16,
-                got: 15
+                mask: 15,
+                probabilities: 16
             })
         );
         assert!(matches!(
-            extract_polygons(&[], 0, 4, 8, 8, &options),
+            polygons_from_mask(&[], &[], 0, 4, &options),
             Err(PostprocessError::ZeroSize { .. })
         ));
         assert!(matches!(
-            extract_polygons(&[0.0; 16], 4, 4, 70_000, 70_000, &options),
+            polygons_from_mask(&[], &[], 70_000, 70_000, &options),
             Err(PostprocessError::TooLarge { .. })
         ));
     }

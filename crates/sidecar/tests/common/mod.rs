@@ -12,8 +12,13 @@ use std::time::{Duration, Instant};
 /// Input side of the test models.
 pub const SIZE: u32 = 64;
 
-/// One model entry of a test config.
+/// One model entry of a test config, at the test models' input size.
 pub fn model(name: &str, path: &Path, max_batch: u32) -> SidecarModelConfig {
+    model_at(name, path, max_batch, SIZE)
+}
+
+/// One model entry of a test config for a model taking `size`×`size` input.
+pub fn model_at(name: &str, path: &Path, max_batch: u32, size: u32) -> SidecarModelConfig {
     SidecarModelConfig {
         name: name.into(),
         source: ModelSource {
@@ -21,8 +26,8 @@ pub fn model(name: &str, path: &Path, max_batch: u32) -> SidecarModelConfig {
             format: ModelFormat::Torchscript,
         },
         input: InputSpec {
-            width: SIZE,
-            height: SIZE,
+            width: size,
+            height: size,
             ..InputSpec::default()
         },
         precision: Precision::Fp32,
@@ -51,9 +56,15 @@ pub fn config(models: Vec<SidecarModelConfig>) -> SidecarConfig {
     }
 }
 
-/// The three test models' files (tiny real architectures, exported by the project's script).
+/// The test UNet's file (a tiny real architecture, exported by the project's script).
 pub fn unet_path() -> PathBuf {
-    TinyModel::new("unet_spherohq", SIZE)
+    unet_path_at(SIZE)
+}
+
+/// The test UNet exported for `size`×`size` input (larger is slower: 256 takes tens of
+/// milliseconds per image on a CPU core).
+pub fn unet_path_at(size: u32) -> PathBuf {
+    TinyModel::new("unet_spherohq", size)
         .path()
         .expect("export unet")
 }
