@@ -3,21 +3,25 @@
     python bench/gpu_smoke.py --url http://127.0.0.1:8080 --models-dir DIR --image IMG \
         --precision fp16 --models hrnet,cbam_resunet,unet_spherohq --out smoke.json
 
-Per model:
-  - OIP path: the image pre-processed in Python (models.md) is sent to /v2/models/{m}/infer; the
-    logits are compared with the TorchScript module run by PyTorch on the same tensor (max |diff|,
-    mask IoU at threshold 0.5).
-  - Segment path: the image file is sent to /api/v1/segment; the polygons are rasterised (externals
-    filled, holes cleared) and compared with the PyTorch mask (sigmoid, bilinear resize back,
-    threshold 0.5): IoU and polygon counts (PyTorch side: 8-connected objects and their holes with at
-    least 50 pixels, the service's area rule).
+PyTorch's side is tests/models/reference.py (models.md's pre- and post-processing, on the GPU). Per model:
+  - OIP path: the image pre-processed in Python is sent to /v2/models/{m}/infer; the logits are
+    compared with the TorchScript module run by PyTorch on the same tensor (max |diff|, mask IoU).
+  - Segment path: the image file is sent to /api/v1/segment with return_mask=true and min_area=0;
+    the returned mask (the sidecar's own decode, resize, model, sigmoid, resize back, threshold) is
+    compared with PyTorch's (IoU), and the polygon count with the count the service's contour
+    rules give on PyTorch's mask: every 8-connected object except those whose outline has fewer
+    than 3 corners (single pixels and straight one-pixel lines), plus every hole (4-connected
+    background not reaching the border). min_area=0 because the area rule (shoelace over the
+    traced outline, as OpenCV's contourArea) has no closed form on a pixel mask.
+    With the default min_area=50 the count is reported too, for information.
   - fp16-vs-fp32 agreement: PyTorch masks of the fp16 and fp32 files (IoU), when both exist.
-Exits non-zero if an IoU is below --min-iou.
+Exits non-zero if an IoU is below --min-iou or a polygon count differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -27,32 +31,17 @@ import uuid
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "models"))
+from reference import load_model, postprocess, preprocess  # noqa: E402
 
 
-def preprocess(img: Image.Image, size: int) -> torch.Tensor:
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
-    # PIL-style bilinear (antialiased when shrinking), as the sidecar resizes.
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (x - MEAN) / STD
-
-
-def torch_logits(path: str, x: torch.Tensor) -> torch.Tensor:
-    module = torch.jit.load(path, map_location="cuda").eval()
+def torch_logits(path: str, x: torch.Tensor, device: str) -> torch.Tensor:
+    module, _ = load_model(path, device)
     with torch.no_grad():
-        return module(x.cuda()).float().cpu()
-
-
-def mask_from_logits(logits: torch.Tensor, width: int, height: int) -> np.ndarray:
-    probs = torch.sigmoid(logits)
-    probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return (probs[0, 0] > 0.5).numpy()
+        return module(x.to(device)).float().cpu()
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,36 +55,35 @@ def post(url: str, body: bytes, content_type: str) -> dict:
         return json.loads(r.read())
 
 
-def segment(url: str, image_bytes: bytes, model: str) -> dict:
+def segment(url: str, image_bytes: bytes, fields: dict[str, str]) -> dict:
     boundary = uuid.uuid4().hex
     parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode(),
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="img"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode() + image_bytes + b"\r\n",
-        f"--{boundary}--\r\n".encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
     ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="img"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode() + image_bytes + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
     return post(f"{url}/api/v1/segment", b"".join(parts), f"multipart/form-data; boundary={boundary}")
 
 
-def rasterise(polygons: list[dict], width: int, height: int) -> np.ndarray:
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for p in sorted(polygons, key=lambda p: p["type"] == "internal"):
-        pts = [(q["x"], q["y"]) for q in p["points"]]
-        if len(pts) >= 2:
-            draw.polygon(pts, fill=0 if p["type"] == "internal" else 1, outline=0 if p["type"] == "internal" else 1)
-    return np.asarray(canvas, dtype=bool)
+def straight_line(xs: np.ndarray, ys: np.ndarray) -> bool:
+    """An 8-connected object on one row, column or diagonal: its outline compresses to ≤ 2 points."""
+    return any(len(np.unique(v)) == 1 for v in (xs, ys, xs - ys, xs + ys))
 
 
 def count_polygons(mask: np.ndarray) -> int:
-    objects, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    sizes = ndimage.sum(mask, objects, range(1, n + 1))
-    count = int((np.asarray(sizes) >= 50).sum())
-    holes, m = ndimage.label(~mask)
-    border = set(np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])))
-    hole_sizes = ndimage.sum(~mask, holes, range(1, m + 1))
-    count += sum(1 for i, s in enumerate(hole_sizes, start=1) if i not in border and s >= 50)
-    return count
+    """Polygons the service reports for `mask` with detect_holes=true and min_area=0."""
+    objects, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    count = 0
+    for label, box in enumerate(ndimage.find_objects(objects), start=1):
+        ys, xs = np.nonzero(objects[box] == label)
+        count += not straight_line(xs, ys)
+    holes, m = ndimage.label(~mask)  # 4-connected background
+    border = set(np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))) - {0}
+    return count + m - len(border)
 
 
 def main():
@@ -106,6 +94,7 @@ def main():
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--models", default="hrnet,cbam_resunet,unet_spherohq")
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--device", default="cuda", help="where PyTorch runs the reference (cpu to try it without a GPU)")
     ap.add_argument("--min-iou", type=float, default=0.999)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -116,16 +105,17 @@ def main():
     results, failed = [], False
     for model in args.models.split(","):
         path = os.path.join(args.models_dir, f"{model}.{args.precision}.pt")
-        ref = torch_logits(path, x)
+        ref = torch_logits(path, x, args.device)
         oip = post(
             f"{args.url}/v2/models/{model}/infer",
             json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}).encode(),
             "application/json",
         )
         got = torch.tensor(oip["outputs"][0]["data"]).view_as(ref)
-        seg = segment(args.url, image_bytes, model)
-        ref_mask = mask_from_logits(ref, width, height)
-        http_mask = rasterise(seg["polygons"], width, height)
+        ref_mask = (postprocess(ref, height, width) > 0.5).numpy()
+        seg = segment(args.url, image_bytes, {"model": model, "return_mask": "true", "min_area": "0"})
+        seg_mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(seg["mask_png"])))) == 255
+        default = segment(args.url, image_bytes, {"model": model})
         r = {
             "model": model,
             "precision": args.precision,
@@ -133,17 +123,22 @@ def main():
             "image_size": [width, height],
             "oip_max_abs_logit_diff": float((got - ref).abs().max()),
             "oip_mask_iou": iou((got > 0).numpy(), (ref > 0).numpy()),
-            "segment_mask_iou": iou(http_mask, ref_mask),
+            "segment_mask_iou": iou(seg_mask, ref_mask),
+            "foreground_fraction": float(ref_mask.mean()),
             "segment_polygons": len(seg["polygons"]),
             "pytorch_polygons": count_polygons(ref_mask),
+            "segment_polygons_min_area_50": len(default["polygons"]),
             "batch_size_used": seg.get("batch_size_used"),
             "inference_time": seg.get("inference_time"),
+            "postprocessing_time": seg.get("postprocessing_time"),
             "gpu_enabled": seg.get("gpu_enabled"),
         }
         other = os.path.join(args.models_dir, f"{model}.fp32.pt")
         if args.precision != "fp32" and os.path.exists(other):
-            r["fp16_vs_fp32_mask_iou"] = iou(ref_mask, mask_from_logits(torch_logits(other, x), width, height))
-        failed |= r["oip_mask_iou"] < args.min_iou
+            fp32_mask = (postprocess(torch_logits(other, x, args.device), height, width) > 0.5).numpy()
+            r["fp16_vs_fp32_mask_iou"] = iou(ref_mask, fp32_mask)
+        failed |= min(r["oip_mask_iou"], r["segment_mask_iou"]) < args.min_iou
+        failed |= r["segment_polygons"] != r["pytorch_polygons"]
         print(json.dumps(r), flush=True)
         results.append(r)
     with open(args.out, "w") as f:
