@@ -9,6 +9,11 @@
 #                                    the 22 GiB budget mode (3 models resident, clients 4/2/2)
 #   bash bench/gpu_run.sh http       sidecar smoke against PyTorch (both APIs, masks and polygons),
 #                                    end to end over HTTP per model and mixed; baselines (a), (b), (d)
+#   bash bench/gpu_run.sh final      everything that fits one call: the sidecar smoke against PyTorch
+#                                    (TorchScript, while the AOTInductor packages compile); then, on
+#                                    the packages with a 22 GiB budget and the three models
+#                                    resident, the engine alone per model over 1-32 clients and the
+#                                    4/2/2 mix, HTTP end to end per model and mixed; baseline (c)
 #   bash bench/gpu_run.sh baselines  Python baselines a, b, c, d on the same TorchScript files
 # Results go to $OUT (the device tool brings them back) as results.tgz, re-packed after every step
 # so a call cut short by its time limit still returns what it measured. Files already exported in
@@ -87,14 +92,56 @@ CFG
 
 ROOMY=$((120 << 30))
 
-engine() { # name config clients seconds models...
+engine() { # name config clients seconds models... (extra engine_bench flags in ENGINE_FLAGS)
   local name=$1 config=$2 clients=$3 seconds=$4
   shift 4
   local args=()
   for m in "$@"; do args+=(--model "$m"); done
+  # shellcheck disable=SC2086
   "$BIN/engine_bench" "$config" --device cuda --clients "$clients" --seconds "$seconds" "${args[@]}" \
-    >"$OUT/engine-$name.json" 2>>"$OUT/engine.log"
+    ${ENGINE_FLAGS:-} >"$OUT/engine-$name.json" 2>>"$OUT/engine.log"
   checkpoint
+}
+
+SIDECAR_PID=
+sidecar() { # config: starts the sidecar on :8080 and waits until it is ready
+  "$BIN/gpupool-sidecar" --config "$1" --listen 127.0.0.1:8080 --device cuda \
+    --calibration-iters 3 >>"$OUT/sidecar.log" 2>&1 &
+  SIDECAR_PID=$!
+  for _ in $(seq 400); do curl -sf 127.0.0.1:8080/readyz >/dev/null && return 0; sleep 1; done
+  echo "sidecar not ready" | tee -a "$OUT/skipped.txt"
+}
+stop_sidecar() { kill -TERM "$SIDECAR_PID"; wait "$SIDECAR_PID"; checkpoint; }
+
+smoke() { # one sidecar on the TorchScript files, both test images
+  sidecar "$1"
+  for img in square spheroids; do
+    $PY bench/gpu_smoke.py --url http://127.0.0.1:8080 --models-dir "$MODELS" --image "$WORK/$img.png" \
+      --precision fp16 --out "$OUT/smoke-$img.json" >>"$OUT/smoke.log" 2>&1 || echo "smoke $img: below the bar" | tee -a "$OUT/skipped.txt"
+  done
+  stop_sidecar
+}
+
+images() {
+  $PY bench/make_image.py "$WORK/spheroids" --width 1280 --height 960
+  $PY bench/make_image.py "$WORK/square" --width 1024 --height 1024
+}
+
+MIX=(hrnet hrnet hrnet hrnet cbam_resunet cbam_resunet unet_spherohq unet_spherohq)
+
+http_runs() { # per model at 8 clients, then the 4/2/2 mix, against the running sidecar
+  curl -s 127.0.0.1:8080/v1/telemetry >"$OUT/telemetry-start.json"
+  for m in $MODELS_LIST; do
+    have_time 20 "http $m" && "$BIN/gpupool-loadgen" --target http://127.0.0.1:8080 --image "$WORK/spheroids.png" \
+      --model "$m" --clients 8 --seconds 8 >"$OUT/http-8-$m.json"
+    checkpoint
+  done
+  local args=()
+  for m in "${MIX[@]}"; do args+=(--model "$m"); done
+  have_time 20 "http mixed" && "$BIN/gpupool-loadgen" --target http://127.0.0.1:8080 --image "$WORK/spheroids.png" \
+    "${args[@]}" --clients 8 --seconds 8 >"$OUT/http-8-mixed.json"
+  curl -s 127.0.0.1:8080/v1/telemetry >"$OUT/telemetry-end.json"
+  curl -s 127.0.0.1:8080/metrics >"$OUT/metrics.txt"
 }
 
 baselines() { # modes c-variants seconds
@@ -130,49 +177,47 @@ compiled() {
     hrnet hrnet hrnet hrnet cbam_resunet cbam_resunet unet_spherohq unet_spherohq
 }
 
+final() {
+  export_ts fp16 fp32
+  images
+  checkpoint
+  # The packages compile in the background (CPU work) while the smoke checks correctness; nothing
+  # is timed until they are done.
+  export_aoti &
+  local compiling=$!
+  write_config "$WORK/smoke.yaml" pt $ROOMY 4 1 4 $MODELS_LIST
+  cp "$WORK/smoke.yaml" "$OUT/"
+  smoke "$WORK/smoke.yaml"
+  wait $compiling
+  checkpoint
+  write_config "$WORK/budget22.yaml" pt2 $((22 << 30)) 8 2 8 $MODELS_LIST
+  cp "$WORK/budget22.yaml" "$OUT/"
+  have_time 200 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
+    engine budget22 "$WORK/budget22.yaml" 1,2,4,8,16,32 4 "${MIX[@]}"
+  have_time 150 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
+  have_time 60 "baselines c" && baselines c fp16:8,autocast:8 3
+}
+
 http() {
   export_ts fp16 fp32
   export_aoti
-  $PY bench/make_image.py "$WORK/spheroids" --width 1280 --height 960
-  $PY bench/make_image.py "$WORK/square" --width 1024 --height 1024
+  images
   checkpoint
   write_config "$WORK/http.yaml" "${HTTP_EXT:-pt2}" $ROOMY 8 "${HTTP_SLOTS:-2}" 8 $MODELS_LIST
   # The smoke compares against PyTorch running the TorchScript file: the sidecar runs that too.
   write_config "$WORK/smoke.yaml" pt $ROOMY 8 1 4 $MODELS_LIST
   cp "$WORK/http.yaml" "$WORK/smoke.yaml" "$OUT/"
-  sidecar() { # config
-    "$BIN/gpupool-sidecar" --config "$1" --listen 127.0.0.1:8080 --device cuda \
-      --calibration-iters 3 >>"$OUT/sidecar.log" 2>&1 &
-    SC=$!
-    for _ in $(seq 300); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; sleep 1; done
-  }
-  sidecar "$WORK/smoke.yaml"
-  for img in square spheroids; do
-    $PY bench/gpu_smoke.py --url http://127.0.0.1:8080 --models-dir "$MODELS" --image "$WORK/$img.png" \
-      --precision fp16 --out "$OUT/smoke-$img.json" >>"$OUT/smoke.log" 2>&1 || echo "smoke $img: below the bar" | tee -a "$OUT/skipped.txt"
-  done
-  kill -TERM $SC; wait $SC
-  checkpoint
+  smoke "$WORK/smoke.yaml"
   sidecar "$WORK/http.yaml"
-  curl -s 127.0.0.1:8080/v1/telemetry >"$OUT/telemetry-start.json"
-  for m in $MODELS_LIST; do
-    have_time 20 "http $m" && "$BIN/gpupool-loadgen" --target http://127.0.0.1:8080 --image "$WORK/spheroids.png" \
-      --model "$m" --clients 8 --seconds 10 >"$OUT/http-8-$m.json"
-    checkpoint
-  done
-  have_time 20 "http mixed" && "$BIN/gpupool-loadgen" --target http://127.0.0.1:8080 --image "$WORK/spheroids.png" \
-    --model hrnet --model hrnet --model hrnet --model hrnet --model cbam_resunet --model cbam_resunet \
-    --model unet_spherohq --model unet_spherohq --clients 8 --seconds 10 >"$OUT/http-8-mixed.json"
-  curl -s 127.0.0.1:8080/v1/telemetry >"$OUT/telemetry-end.json"
-  curl -s 127.0.0.1:8080/metrics >"$OUT/metrics.txt"
-  kill -TERM $SC; wait $SC
-  checkpoint
+  http_runs
+  stop_sidecar
   have_time 60 "baselines a b" && baselines a,b fp16:8 3
   have_time 200 "baselines d" && baselines d fp16:8 3
 }
 
 case "$PHASE" in
 compiled) compiled ;;
+final) final ;;
 http) http ;;
 baselines)
   export_ts fp16 fp32 bf16

@@ -1,7 +1,17 @@
 //! Closed-loop benchmark of the engine alone (no HTTP, no decode): `clients` tasks each submit one
-//! pre-processed image, wait for its logits, submit the next. Prints one JSON report.
+//! image, wait for the answer, submit the next. Prints one JSON report.
 //!
 //!     engine_bench CONFIG.yaml --clients 1,2,4,8 --seconds 10 [--model NAME ...] [--device cuda]
+//!         [--input image|tensor] [--image-size 1280x960] [--each-model] [--mixed-clients N]
+//!
+//! With `--each-model` the client counts run once per model (that model alone, all models loaded
+//! as configured), else once with the clients spread over the `--model`s; `--mixed-clients N`
+//! adds one run of N clients spread over the `--model`s (e.g. the seed's 4/2/2 split).
+//!
+//! `--input image` (the default) sends 8-bit RGB pixels of `--image-size` to `Engine::segment`:
+//! what the segmentation API does after decoding (resize, normalise, model, sigmoid, resize back,
+//! threshold, all on the device), and gets the mask back. `--input tensor` sends pre-processed
+//! float32 CHW images at the model's size to `Engine::infer` and gets logits back (the OIP path).
 //!
 //! Models are given to clients round-robin (the seed's 4/2/2 split: `--model hrnet` ×4 ...). Each
 //! client count in the list is one run on the same engine (a scaling curve without restarts); each
@@ -9,7 +19,7 @@
 //! Used by bench/gpu_run.sh; the report includes the allocator's high-water mark and the budget.
 
 use gpupool_api::sidecar::SidecarConfig;
-use gpupool_executor::{DeviceChoice, Engine, EngineOptions};
+use gpupool_executor::{DeviceChoice, Engine, EngineOptions, RawImage, Samples};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -48,6 +58,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("cuda") => DeviceChoice::Cuda(0),
         _ => DeviceChoice::Auto,
     };
+    let input = match arg_values(&args, "--input").first().map(String::as_str) {
+        None | Some("image") => {
+            let size = arg_values(&args, "--image-size")
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "1280x960".into());
+            let (w, h) = size.split_once('x').ok_or("--image-size is WxH")?;
+            Input::Image(w.parse()?, h.parse()?)
+        }
+        Some("tensor") => Input::Tensor,
+        Some(other) => return Err(format!("--input {other}: image or tensor").into()),
+    };
     let mut models = arg_values(&args, "--model");
     if models.is_empty() {
         models = config.models.iter().map(|m| m.name.clone()).collect();
@@ -77,17 +99,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Err("engine did not become ready".into());
     }
+    // --each-model: the client list once per model, alone; otherwise once with clients spread
+    // round-robin over the models.
+    let mixed_clients: Option<usize> = arg_values(&args, "--mixed-clients")
+        .first()
+        .map(|v| v.parse())
+        .transpose()?;
+    let mut groups: Vec<(Vec<String>, Vec<usize>)> = if args.iter().any(|a| a == "--each-model") {
+        let mut unique = models.clone();
+        unique.dedup();
+        unique
+            .into_iter()
+            .map(|m| (vec![m], client_counts.clone()))
+            .collect()
+    } else {
+        vec![(models.clone(), client_counts.clone())]
+    };
+    if let Some(n) = mixed_clients {
+        groups.push((models, vec![n]));
+    }
     let mut runs = Vec::new();
-    for &clients in &client_counts {
-        let run = closed_loop(&engine, &models, &sizes, clients, seconds).await?;
-        eprintln!(
-            "{clients} clients: {:.1} img/s, p99 {:.0} ms",
-            run["images_per_second"], run["p99_ms"]
-        );
-        runs.push(run);
+    for (group, counts) in &groups {
+        for &clients in counts {
+            let mut run = closed_loop(&engine, group, &sizes, input, clients, seconds).await?;
+            eprintln!(
+                "{group:?} {clients} clients: {:.1} img/s, p99 {:.0} ms",
+                run["images_per_second"], run["p99_ms"]
+            );
+            run["models"] = serde_json::json!(group);
+            runs.push(run);
+        }
     }
     let telemetry = engine.telemetry();
     let report = serde_json::json!({
+        "input": match input {
+            Input::Image(w, h) => format!("image {w}x{h} RGB8"),
+            Input::Tensor => "tensor".to_owned(),
+        },
         "startup_seconds": startup_s,
         "budget_bytes": telemetry.allocator.budget_bytes,
         "peak_reserved_bytes": telemetry.allocator.peak_reserved_bytes,
@@ -115,11 +163,51 @@ fn counters(engine: &Engine) -> BTreeMap<String, (u64, u64, u64)> {
         .collect()
 }
 
+/// What each client sends.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    /// 8-bit RGB pixels of this width and height, to `Engine::segment`.
+    Image(u32, u32),
+    /// Float32 CHW at the model's size, to `Engine::infer`.
+    Tensor,
+}
+
+/// One request of a client: its answer's arrival is all that is measured.
+async fn request(engine: &Engine, model: &str, input: &Job) -> bool {
+    match input {
+        Job::Image(image) => engine.segment(model, image.clone(), 0.5).await.is_ok(),
+        Job::Tensor(x) => engine.infer(model, x.clone()).await.is_ok(),
+    }
+}
+
+/// A client's prepared input.
+enum Job {
+    Image(RawImage),
+    Tensor(Vec<f32>),
+}
+
+/// Deterministic input for client `i` (pixels or normalised-looking floats in about [-2, 2]).
+fn job_for(input: Input, len: usize, i: usize) -> Result<Job, Box<dyn std::error::Error>> {
+    Ok(match input {
+        Input::Image(w, h) => {
+            let n = w as usize * h as usize * 3;
+            let pixels = (0..n).map(|j| ((j * 7919 + i * 13) % 251) as u8).collect();
+            Job::Image(RawImage::new(w, h, 3, Samples::U8(pixels))?)
+        }
+        Input::Tensor => Job::Tensor(
+            (0..len)
+                .map(|j| ((j * 7919 + i) % 1000) as f32 / 250.0 - 2.0)
+                .collect(),
+        ),
+    })
+}
+
 /// One closed-loop run: `clients` tasks, each submitting its model's input and waiting for the answer.
 async fn closed_loop(
     engine: &Engine,
     models: &[String],
     sizes: &BTreeMap<String, usize>,
+    input: Input,
     clients: usize,
     seconds: f64,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
@@ -130,13 +218,10 @@ async fn closed_loop(
         let model = models[i % models.len()].clone();
         let len = *sizes.get(&model).ok_or("unknown model")?;
         let start = start.clone();
+        let job = job_for(input, len, i)?;
         tasks.push(tokio::spawn(async move {
-            // Deterministic, normalised-looking input (values in about [-2, 2]).
-            let image: Vec<f32> = (0..len)
-                .map(|j| ((j * 7919 + i) % 1000) as f32 / 250.0 - 2.0)
-                .collect();
             for _ in 0..2 {
-                let _ = engine.infer(&model, image.clone()).await;
+                request(&engine, &model, &job).await;
             }
             start.wait().await;
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -144,9 +229,10 @@ async fn closed_loop(
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match engine.infer(&model, image.clone()).await {
-                    Ok(_) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
-                    Err(_) => errors += 1,
+                if request(&engine, &model, &job).await {
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    errors += 1;
                 }
             }
             (model, latencies, errors)

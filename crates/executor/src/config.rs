@@ -67,8 +67,8 @@ pub struct EngineOptions {
     /// shape (CBAM-ResUNet under autocast) for no steady-state gain over the legacy executor
     /// (9–10 ms both); with dynamic batching those first calls land on requests.
     pub torchscript_profiling: bool,
-    /// After calibration, run every batch size up to the cap once on the GPU (not just the
-    /// measured powers of two), so no request pays cuDNN autotuning for a new shape.
+    /// Before a slot serves, run every batch size up to the cap once on its thread (cuDNN's
+    /// autotuning is per thread), so no request pays autotuning for a new shape.
     pub warm_all_batch_sizes: bool,
     /// Source of device memory readings; `None` uses NVML when it is available.
     pub probe: Option<Arc<dyn DeviceProbe>>,

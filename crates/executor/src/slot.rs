@@ -50,8 +50,11 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
     tracing::debug!(model = %entry.name, "slot exits");
 }
 
-/// Runs one image through the loaded model on this thread's stream, if the model is loaded and
-/// the ledger has room for it.
+/// Runs the loaded model on this thread's stream before the slot takes requests, if the ledger
+/// has room: every batch size up to the cap on a GPU (with `warm_all_batch_sizes`), else one
+/// image. cuDNN's autotuning results are kept per thread (libtorch's cuDNN v8 benchmark cache is
+/// thread-local), so warming on the calibration thread does not spare this one: a batch size met
+/// here for the first time would stall its requests for the seconds autotuning takes.
 fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     let loaded = entry.runtime.lock().loaded.is_some();
     if !loaded {
@@ -60,16 +63,26 @@ fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     let Ok(model) = loader::ensure_loaded(shared, entry) else {
         return;
     };
-    let cost = entry.batch_costs(model.resident.model.precision, 1, &shared.options);
-    let Some(_room) = cost.first().and_then(|c| shared.ledger.try_reserve(*c)) else {
+    let largest = if shared.device.is_cuda() && shared.options.warm_all_batch_sizes {
+        entry.batch_cap()
+    } else {
+        1
+    };
+    let costs = entry.batch_costs(model.resident.model.precision, largest, &shared.options);
+    let Some(_room) = costs.last().and_then(|c| shared.ledger.try_reserve(*c)) else {
         return;
     };
-    let result = stager
-        .stage_synthetic(1)
-        .and_then(|()| stager.run(&model.resident.model, 0..1));
-    if let Err(e) = result {
-        tracing::warn!(model = %entry.name, error = e.message(), "slot warm-up failed");
+    let started = Instant::now();
+    for n in 1..=largest {
+        let result = stager
+            .stage_synthetic(n)
+            .and_then(|()| stager.run(&model.resident.model, 0..n));
+        if let Err(e) = result {
+            tracing::warn!(model = %entry.name, batch = n, error = e.message(), "slot warm-up failed");
+            return;
+        }
     }
+    tracing::debug!(model = %entry.name, largest, elapsed = ?started.elapsed(), "slot warmed up");
 }
 
 fn fail_all(entry: &ModelEntry, requests: Vec<Request>, error: &InferError) {

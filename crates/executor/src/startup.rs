@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long start-up waits for slots to warm up before declaring itself done anyway.
-const WARMUP_WAIT: Duration = Duration::from_secs(120);
+const WARMUP_WAIT: Duration = Duration::from_secs(300);
 
 /// The start-up thread's body.
 pub(crate) fn run(shared: Arc<Shared>) {
@@ -174,47 +174,8 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
             loader::load_resident(shared, entry, best).map_err(|f| f.reason().to_owned())?
         }
     };
-    if shared.device.is_cuda() && shared.options.warm_all_batch_sizes {
-        warm_other_sizes(shared, entry, &mut stager, &resident);
-    }
     loader::install(shared, entry, resident);
     Ok(())
-}
-
-/// Runs each batch size up to the cap that calibration did not measure once, so cuDNN has tuned
-/// every shape the batcher can form before the first request.
-fn warm_other_sizes(shared: &Shared, entry: &ModelEntry, stager: &mut Stager, resident: &Resident) {
-    let model = &resident.model;
-    let measured: Vec<usize> = {
-        let rt = entry.runtime.lock();
-        rt.profile
-            .iter()
-            .filter(|p| p.precision == model.precision)
-            .map(|p| p.batch_size as usize)
-            .collect()
-    };
-    let Some(&largest) = measured.iter().max() else {
-        return;
-    };
-    let peak = entry
-        .batch_costs(model.precision, largest, &shared.options)
-        .last()
-        .copied()
-        .unwrap_or(u64::MAX);
-    let Some(_room) = shared.ledger.try_reserve(peak) else {
-        return;
-    };
-    let started = Instant::now();
-    for n in (1..largest).filter(|n| !measured.contains(n)) {
-        let ran = stager
-            .stage_synthetic(n)
-            .and_then(|()| stager.run(model, 0..n));
-        if let Err(e) = ran {
-            tracing::warn!(model = %entry.name, batch = n, error = e.message(), "warm-up run failed");
-            break;
-        }
-    }
-    tracing::info!(model = %entry.name, largest, elapsed = ?started.elapsed(), "warmed every batch size");
 }
 
 /// Measures batch sizes 1, 2, 4, … up to the cap while they fit in the budget.
