@@ -50,9 +50,9 @@ export_ts() { # precisions...
 # AOTInductor packages, fp16, dynamic batch 1..16, the three compiled in parallel (compiling is
 # CPU work; nothing is timed meanwhile). The reload check is skipped: export.py's own reload
 # segfaults on the H200 although the package loads and runs (docs/benchmarks.md).
-export_aoti() {
+export_aoti() { # the models in AOTI_MODELS (default: all three)
   local pids=()
-  for m in $MODELS_LIST; do
+  for m in ${AOTI_MODELS:-$MODELS_LIST}; do
     [[ -s "$MODELS/$m.fp16.pt2" ]] && continue
     $PY tests/models/export.py --model "$m" --size 1024 --precision fp16 --format aotinductor \
       --device cuda --seed 0 --batch 2 --max-batch 16 --no-verify --out "$MODELS/$m.fp16.pt2" \
@@ -62,11 +62,15 @@ export_aoti() {
   for p in "${pids[@]}"; do wait "$p" || echo "an AOTInductor export failed" | tee -a "$OUT/skipped.txt"; done
 }
 
-write_config() { # file format(pt|pt2) budget_bytes max_batch slots delay_ms models...
-  local file=$1 ext=$2 budget=$3 batch=$4 slots=$5 delay=$6 models="" format=torchscript
+write_config() { # file format(pt|pt2|auto) budget_bytes max_batch slots delay_ms models...
+  # auto: the AOTInductor package where one was exported, else the TorchScript file
+  local file=$1 want=$2 budget=$3 batch=$4 slots=$5 delay=$6 models="" format ext
   shift 6
-  [[ $ext == pt2 ]] && format=aotinductor
   for m in "$@"; do
+    ext=$want
+    [[ $want == auto ]] && { ext=pt; [[ -s $MODELS/$m.fp16.pt2 ]] && ext=pt2; }
+    format=torchscript
+    [[ $ext == pt2 ]] && format=aotinductor
     models+="- name: $m
   source: {uri: $MODELS/$m.fp16.$ext, format: $format}
   input: {width: 1024, height: 1024, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
@@ -190,7 +194,7 @@ final() {
   smoke "$WORK/smoke.yaml"
   wait $compiling
   checkpoint
-  write_config "$WORK/budget22.yaml" pt2 $((22 << 30)) 8 2 8 $MODELS_LIST
+  write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 2 8 $MODELS_LIST
   cp "$WORK/budget22.yaml" "$OUT/"
   have_time 200 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
     engine budget22 "$WORK/budget22.yaml" 1,2,4,8,16,32 4 "${MIX[@]}"
