@@ -196,9 +196,9 @@ final() {
   checkpoint
   write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 2 8 $MODELS_LIST
   cp "$WORK/budget22.yaml" "$OUT/"
-  have_time 200 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
-    engine budget22 "$WORK/budget22.yaml" 1,2,4,8,16,32 4 "${MIX[@]}"
-  have_time 150 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
+  have_time 170 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
+    engine budget22 "$WORK/budget22.yaml" 1,2,4,8,16,32 3 "${MIX[@]}"
+  have_time 110 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
   have_time 60 "baselines c" && baselines c fp16:8,autocast:8 3
 }
 
