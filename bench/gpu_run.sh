@@ -112,7 +112,11 @@ sidecar() { # config: starts the sidecar on :8080 and waits until it is ready
   "$BIN/gpupool-sidecar" --config "$1" --listen 127.0.0.1:8080 --device cuda \
     --calibration-iters 3 >>"$OUT/sidecar.log" 2>&1 &
   SIDECAR_PID=$!
-  for _ in $(seq 400); do curl -sf 127.0.0.1:8080/readyz >/dev/null && return 0; sleep 1; done
+  for _ in $(seq 400); do
+    curl -sf 127.0.0.1:8080/readyz >/dev/null && return 0
+    ((SECONDS > LIMIT_S)) && break
+    sleep 1
+  done
   echo "sidecar not ready" | tee -a "$OUT/skipped.txt"
 }
 stop_sidecar() { kill -TERM "$SIDECAR_PID"; wait "$SIDECAR_PID"; checkpoint; }
