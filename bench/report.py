@@ -1,9 +1,13 @@
-"""Turns one GPU run's results folder (bench/gpu_run.sh) into the Markdown tables of
+"""Turns a GPU session's results (bench/gpu_run.sh) into the Markdown tables of
 docs/benchmarks.md and docs/gpu-smoke.md.
 
-    python bench/report.py docs/results/h200-2026-11-28
+    python bench/report.py docs/results/h200-2026-11-28      one call's folder (first session)
+    python bench/report.py docs/results/h200-2026-11-28b     a session of several calls: one
+                                                             subfolder per call (compiled,
+                                                             baselines, final)
 """
 
+import glob
 import json
 import os
 import sys
@@ -70,8 +74,100 @@ def batching(d):
                 print(f"| {name.removesuffix('.json')} | {m['name']} | {m['imagesTotal']} | {m['batchesTotal']} | {m['imagesTotal'] / max(1, m['batchesTotal']):.2f} |")
 
 
+def baseline_rows(root):
+    """Per model: every baseline configuration measured in any call of the session."""
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(root, "*", "baselines-*.json"))):
+        for r in json.load(open(path)):
+            rows.setdefault(r["model"], []).append(r)
+    return rows
+
+
+def best(rows, mode, contains=""):
+    cands = [r for r in rows if r["mode"] == mode and contains in r["config"]]
+    return max(cands, key=lambda r: r["images_per_second"]) if cands else None
+
+
+def fmt(r, label=True):
+    if not r:
+        return "–"
+    return f"{r['images_per_second']:.1f}" + (f" ({r['config']})" if label else "")
+
+
+def baselines_v2(root):
+    print("| model | (a) original: fp32 b1, lock | (b) seed: fp16, 8 streams | (c) best eager batching | (d) torch.compile, batch 8 | (d) torch.compile, batch 16 (recompiled dynamic) |")
+    print("|---|---|---|---|---|---|")
+    for m, rows in baseline_rows(root).items():
+        print(f"| {m} | {fmt(best(rows, 'a'), False)} | {fmt(best(rows, 'b'), False)} | {fmt(best(rows, 'c'))} | "
+              f"{fmt(best(rows, 'd', 'batch 8'), False)} | {fmt(best(rows, 'd', 'batch 16'), False)} |")
+
+
+def profiles(root):
+    print("| model | file | batch: ms per batch (img/s) |")
+    print("|---|---|---|")
+    for path in sorted(glob.glob(os.path.join(root, "*", "engine-*.json"))):
+        r = json.load(open(path))
+        for m in r["models"]:
+            if not m.get("profile"):
+                continue
+            pts = ", ".join(f"{p['batchSize']}: {p['latencyMs']:.1f} ({p['batchSize'] * 1000 / p['latencyMs']:.0f})" for p in m["profile"])
+            print(f"| {m['name']} | {os.path.relpath(path, root)} | {pts} |")
+
+
+def curves(root):
+    print("| run | model(s) | clients | img/s | p50 ms | p99 ms | p99/p50 | mean batch | OOM |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(glob.glob(os.path.join(root, "*", "engine-*.json"))):
+        r = json.load(open(path))
+        for run in r["runs"]:
+            models = run.get("models") or sorted(run["batches"])
+            label = "+".join(dict.fromkeys(models)) if len(set(models)) > 1 else models[0]
+            used = [b for b in run["batches"].values() if b["images"]]
+            mean = sum(b["images"] for b in used) / max(1, sum(b["batches"] for b in used))
+            print(f"| {os.path.relpath(path, root)} | {label} | {run['clients']} | {run['images_per_second']:.1f} | {run['p50_ms']:.0f} | "
+                  f"{run['p99_ms']:.0f} | {run['p99_ms'] / max(run['p50_ms'], 1e-9):.1f} | {mean:.2f} | {run['oom_events']} |")
+        print(f"| {os.path.relpath(path, root)} | allocator high-water mark {r['peak_reserved_bytes'] / 2**30:.2f} GiB of a {r['budget_bytes'] / 2**30:.1f} GiB budget; start-up {r['startup_seconds']:.0f} s; input {r.get('input', 'tensor')} | | | | | | | |")
+
+
+def http_v2(root):
+    print("| model | clients | req/s | p50 ms | p99 ms | statuses |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(glob.glob(os.path.join(root, "*", "http-*.json"))):
+        for r in json.load(open(path)):
+            name = os.path.basename(path).removeprefix("http-8-").removesuffix(".json")
+            per = r.get("ok_per_model", {})
+            detail = ", ".join(f"{k} {v / r['seconds']:.1f}/s" for k, v in sorted(per.items())) if len(per) > 1 else ""
+            print(f"| {name} {detail} | {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['status_counts']} |")
+
+
+def smoke_v2(root):
+    print("| image | model | OIP max abs logit diff | OIP mask IoU | segment mask IoU | polygons: sidecar / PyTorch mask by the same rules (min_area 0) | polygons at min_area 50 | fp16 vs fp32 mask IoU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in sorted(glob.glob(os.path.join(root, "*", "smoke-*.json"))):
+        for r in json.load(open(path)):
+            print(f"| {r['image']} {r['image_size'][0]}×{r['image_size'][1]} | {r['model']} | {r['oip_max_abs_logit_diff']:.2g} | "
+                  f"{r['oip_mask_iou']:.5f} | {r['segment_mask_iou']:.5f} | {r['segment_polygons']} / {r['pytorch_polygons']} | "
+                  f"{r['segment_polygons_min_area_50']} | {r.get('fp16_vs_fp32_mask_iou', float('nan')):.4f} |")
+
+
+def session(root):
+    print("### Smoke: sidecar vs PyTorch\n")
+    smoke_v2(root)
+    print("\n### Python baselines (same TorchScript files)\n")
+    baselines_v2(root)
+    print("\n### Calibrated profiles (engine, start-up measurement on this GPU)\n")
+    profiles(root)
+    print("\n### Engine alone, closed loop\n")
+    curves(root)
+    print("\n### HTTP end to end, closed loop (1280×960 PNG → polygons)\n")
+    http_v2(root)
+
+
 if __name__ == "__main__":
     d = sys.argv[1]
+    if glob.glob(os.path.join(d, "*", "gpu.txt")):
+        session(d)
+        sys.exit(0)
     print("### Smoke: sidecar vs PyTorch\n")
     smoke(d)
     print("\n### Throughput, 1024×1024, 8 closed-loop clients\n")

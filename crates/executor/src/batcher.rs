@@ -5,13 +5,14 @@
 //! run it, so it grows while all slots are busy. Requests whose caller went away are dropped before
 //! they reach a slot.
 //!
-//! "As large as the previous batch" (before the first batch: as large as allowed) is what keeps
-//! both ends fast: one client waits no delay at
-//! all (its batches are of one), while eight closed-loop clients, whose requests come back
-//! together when their batch is answered, fill a batch of eight before it runs instead of being
-//! split into half-empty ones. When load falls, the delay closes a smaller batch and the
-//! expectation follows it down; when load rises, the queue grows while the slot is busy and the
-//! next batch is larger.
+//! "As large as expected" is what keeps both ends fast. When a slot comes back for work it
+//! expects the requests it just answered (closed-loop clients send their next one at once) plus
+//! those already queued, up to the cap; before any batch has run, a full one. So one client waits
+//! no delay at all (its batches are of one), while eight closed-loop clients fill a batch of eight
+//! instead of being served as two half-empty alternating groups: a group that queued while the
+//! other ran waits the moment it takes the other to come back, and the two merge. When load
+//! falls, the delay closes a smaller batch and the expectation follows it down; when it rises,
+//! the queue grows while the slot is busy and the next batch is larger.
 //!
 //! The queue's bound and the slot count change live (`apply`), which is why this is a small
 //! mutex-and-condvar queue rather than a `tokio::sync::mpsc` channel, whose capacity is fixed at
@@ -108,8 +109,8 @@ pub(crate) enum Decision {
     Run,
 }
 
-/// The batching policy, as a pure function of the queue's state; `expected` is the size of the
-/// previous batch (the module doc says why).
+/// The batching policy, as a pure function of the queue's state; `expected` is how many requests
+/// the slot expects (the module doc says why).
 pub(crate) fn decide(
     len: usize,
     oldest_age: Duration,
@@ -154,9 +155,12 @@ struct State {
     live_slots: usize,
     target_slots: usize,
     cancelled: u64,
-    /// Size of the batch taken last; before the first, "as large as allowed", so a queue that
-    /// has never run waits out the delay like a plain delay-or-size batcher.
+    /// Size of the batch taken last.
     last_batch: usize,
+    /// How many requests the next batch should wait for (see the module doc); before any batch
+    /// has run, "as many as allowed", so a queue that never ran waits out the delay like a plain
+    /// delay-or-size batcher.
+    expected: usize,
 }
 
 impl State {
@@ -185,7 +189,8 @@ impl BatchQueue {
                 live_slots: 0,
                 target_slots: 0,
                 cancelled: 0,
-                last_batch: usize::MAX,
+                last_batch: 0,
+                expected: usize::MAX,
             }),
             changed: Condvar::new(),
         }
@@ -231,7 +236,7 @@ impl BatchQueue {
                 .front()
                 .map(|r| r.enqueued.elapsed())
                 .unwrap_or_default();
-            match decide(st.pending.len(), age, cap, delay, st.closed, st.last_batch) {
+            match decide(st.pending.len(), age, cap, delay, st.closed, st.expected) {
                 Decision::Run => return Next::Batch,
                 Decision::Idle => self.changed.wait(&mut st),
                 Decision::Wait(d) => {
@@ -256,6 +261,14 @@ impl BatchQueue {
             self.changed.notify_one();
         }
         batch
+    }
+
+    /// Called by a slot when its batch is done, before the answers go out: the next batch is
+    /// expected to hold the requests about to be answered (their clients come back) plus those
+    /// that queued while it ran.
+    pub fn batch_done(&self) {
+        let mut st = self.state.lock();
+        st.expected = st.last_batch.saturating_add(st.pending.len());
     }
 
     /// Takes every queued request (to fail them, e.g. when the model cannot load).
@@ -349,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_closes_when_as_large_as_the_previous_one() {
+    fn batch_closes_when_as_large_as_expected() {
         // One client: batches of one run at once, never waiting out the delay.
         assert_eq!(
             decide(1, Duration::ZERO, 8, 5 * MS, false, 1),
@@ -367,77 +380,83 @@ mod tests {
         assert_eq!(decide(4, MS, 4, 5 * MS, false, 8), Decision::Run);
     }
 
+    fn push_n(
+        q: &BatchQueue,
+        n: usize,
+        keep: &mut Vec<oneshot::Receiver<Result<Answer, InferError>>>,
+    ) {
+        for _ in 0..n {
+            let (r, rx) = request();
+            keep.push(rx);
+            assert!(q.push(r).is_ok());
+        }
+    }
+
     #[test]
-    fn the_expected_size_follows_the_batches_taken() {
+    fn a_lone_client_never_waits_for_company() {
         let q = BatchQueue::new(16);
         q.set_target_slots(1);
         let mut replies = Vec::new();
-        for _ in 0..3 {
-            let (r, rx) = request();
-            replies.push(rx);
-            assert!(q.push(r).is_ok());
-        }
-        assert_eq!(q.take(8).len(), 3);
-        // Two queued, three expected: the slot waits for the third (or the delay).
-        for _ in 0..2 {
-            let (r, rx) = request();
-            replies.push(rx);
-            assert!(q.push(r).is_ok());
-        }
-        let start = Instant::now();
-        assert_eq!(q.wait_batch(|| (8, 30 * MS)), Next::Batch);
-        assert!(start.elapsed() >= 25 * MS, "waited for the third request");
-        assert_eq!(q.take(8).len(), 2);
-        // Now two are expected: two queued run at once.
-        for _ in 0..2 {
-            let (r, rx) = request();
-            replies.push(rx);
-            assert!(q.push(r).is_ok());
-        }
+        push_n(&q, 1, &mut replies);
+        assert_eq!(q.take(8).len(), 1);
+        q.batch_done();
+        // The answered request's client sends its next one: it runs at once.
+        push_n(&q, 1, &mut replies);
         let start = Instant::now();
         assert_eq!(q.wait_batch(|| (8, Duration::from_secs(60))), Next::Batch);
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
-    fn full_queue_refuses_and_cancelled_requests_are_dropped() {
-        let q = BatchQueue::new(2);
-        let (a, _ra) = request();
-        let (b, rb) = request();
-        let (c, _rc) = request();
-        assert!(q.push(a).is_ok());
-        assert!(q.push(b).is_ok());
-        let (c, why) = q.push(c).unwrap_err();
-        assert_eq!(why, Refused::Full(2));
-        drop(rb); // caller of b went away: its place frees up
-        assert!(q.push(c).is_ok());
-        assert_eq!(q.cancelled(), 1);
-        assert_eq!(q.take(8).len(), 2);
+    fn alternating_groups_merge_into_one_batch() {
+        let q = BatchQueue::new(16);
+        q.set_target_slots(1);
+        let mut replies = Vec::new();
+        // Group A (3) runs; group B (3) queues meanwhile.
+        push_n(&q, 3, &mut replies);
+        assert_eq!(q.take(8).len(), 3);
+        push_n(&q, 3, &mut replies);
+        q.batch_done();
+        // The slot comes back expecting A's three again plus B's: it waits for them...
+        let waiter = std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| {
+                let start = Instant::now();
+                let next = q.wait_batch(|| (8, Duration::from_secs(60)));
+                (next, start.elapsed())
+            });
+            std::thread::sleep(20 * MS);
+            // ...and A's clients come back.
+            push_n(&q, 3, &mut replies);
+            waiting.join().expect("waiter")
+        });
+        assert_eq!(waiter.0, Next::Batch);
+        assert!(
+            waiter.1 < Duration::from_secs(5),
+            "ran once the groups had merged"
+        );
+        assert_eq!(q.take(8).len(), 6);
     }
 
     #[test]
-    fn slots_retire_and_exit_on_close() {
-        let q = BatchQueue::new(8);
-        assert_eq!(q.set_target_slots(2), 2);
-        assert_eq!(q.set_target_slots(1), 0);
-        assert_eq!(
-            q.wait_batch(|| (4, MS)),
-            Next::Exit,
-            "one of two slots retires"
-        );
-        assert_eq!(q.live_slots(), 1);
-        let (a, _ra) = request();
-        assert!(q.push(a).is_ok());
-        q.close();
-        assert_eq!(
-            q.wait_batch(|| (4, Duration::from_secs(60))),
-            Next::Batch,
-            "drains at once"
-        );
-        assert_eq!(q.take(4).len(), 1);
-        assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit);
-        let (b, _rb) = request();
-        assert_eq!(q.push(b).unwrap_err().1, Refused::Closed);
+    fn a_smaller_load_is_served_after_the_delay() {
+        let q = BatchQueue::new(16);
+        q.set_target_slots(1);
+        let mut replies = Vec::new();
+        push_n(&q, 4, &mut replies);
+        assert_eq!(q.take(8).len(), 4);
+        q.batch_done();
+        // Only two of the four clients come back: the delay closes a batch of two...
+        push_n(&q, 2, &mut replies);
+        let start = Instant::now();
+        assert_eq!(q.wait_batch(|| (8, 30 * MS)), Next::Batch);
+        assert!(start.elapsed() >= 25 * MS);
+        assert_eq!(q.take(8).len(), 2);
+        q.batch_done();
+        // ...and two are expected from then on.
+        push_n(&q, 2, &mut replies);
+        let start = Instant::now();
+        assert_eq!(q.wait_batch(|| (8, Duration::from_secs(60))), Next::Batch);
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
