@@ -460,6 +460,47 @@ mod tests {
     }
 
     #[test]
+    fn full_queue_refuses_and_cancelled_requests_are_dropped() {
+        let q = BatchQueue::new(2);
+        let (a, _ra) = request();
+        let (b, rb) = request();
+        let (c, _rc) = request();
+        assert!(q.push(a).is_ok());
+        assert!(q.push(b).is_ok());
+        let (c, why) = q.push(c).unwrap_err();
+        assert_eq!(why, Refused::Full(2));
+        drop(rb); // caller of b went away: its place frees up
+        assert!(q.push(c).is_ok());
+        assert_eq!(q.cancelled(), 1);
+        assert_eq!(q.take(8).len(), 2);
+    }
+
+    #[test]
+    fn slots_retire_and_exit_on_close() {
+        let q = BatchQueue::new(8);
+        assert_eq!(q.set_target_slots(2), 2);
+        assert_eq!(q.set_target_slots(1), 0);
+        assert_eq!(
+            q.wait_batch(|| (4, MS)),
+            Next::Exit,
+            "one of two slots retires"
+        );
+        assert_eq!(q.live_slots(), 1);
+        let (a, _ra) = request();
+        assert!(q.push(a).is_ok());
+        q.close();
+        assert_eq!(
+            q.wait_batch(|| (4, Duration::from_secs(60))),
+            Next::Batch,
+            "drains at once"
+        );
+        assert_eq!(q.take(4).len(), 1);
+        assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit);
+        let (b, _rb) = request();
+        assert_eq!(q.push(b).unwrap_err().1, Refused::Closed);
+    }
+
+    #[test]
     fn waits_for_the_delay_then_runs() {
         let q = BatchQueue::new(8);
         q.set_target_slots(1);
