@@ -39,9 +39,15 @@ from reference import load_model, postprocess, preprocess  # noqa: E402
 
 
 def torch_logits(path: str, x: torch.Tensor, device: str) -> torch.Tensor:
+    """The module's float32 logits for `x`, left on `device` for the post-processing."""
     module, _ = load_model(path, device)
     with torch.no_grad():
-        return module(x.to(device)).float().cpu()
+        return module(x.to(device)).float()
+
+
+def torch_mask(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """PyTorch's mask, post-processed where the logits are (the sidecar does it on its device)."""
+    return (postprocess(logits, height, width) > 0.5).cpu().numpy()
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,18 +107,22 @@ def main():
     image_bytes = open(args.image, "rb").read()
     img = Image.open(io.BytesIO(image_bytes))
     width, height = img.size
-    x = preprocess(img, args.size)
+    # Pre- and post-processing run on the device the sidecar uses, in the sidecar's order: on the
+    # same device the two agree to the bit (a CPU and a GPU round differently, which random-weight
+    # fp16 models, HRNet above all, amplify: see fp16_vs_fp32_mask_iou).
+    x = preprocess(img, args.size, args.device)
     results, failed = [], False
     for model in args.models.split(","):
         path = os.path.join(args.models_dir, f"{model}.{args.precision}.pt")
         ref = torch_logits(path, x, args.device)
         oip = post(
             f"{args.url}/v2/models/{model}/infer",
-            json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}).encode(),
+            json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.cpu().flatten().tolist()}]}).encode(),
             "application/json",
         )
         got = torch.tensor(oip["outputs"][0]["data"]).view_as(ref)
-        ref_mask = (postprocess(ref, height, width) > 0.5).numpy()
+        ref_mask = torch_mask(ref, height, width)
+        ref = ref.cpu()
         seg = segment(args.url, image_bytes, {"model": model, "return_mask": "true", "min_area": "0"})
         seg_mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(seg["mask_png"])))) == 255
         default = segment(args.url, image_bytes, {"model": model})
@@ -135,7 +145,7 @@ def main():
         }
         other = os.path.join(args.models_dir, f"{model}.fp32.pt")
         if args.precision != "fp32" and os.path.exists(other):
-            fp32_mask = (postprocess(torch_logits(other, x, args.device), height, width) > 0.5).numpy()
+            fp32_mask = torch_mask(torch_logits(other, x, args.device), height, width)
             r["fp16_vs_fp32_mask_iou"] = iou(ref_mask, fp32_mask)
         failed |= min(r["oip_mask_iou"], r["segment_mask_iou"]) < args.min_iou
         failed |= r["segment_polygons"] != r["pytorch_polygons"]

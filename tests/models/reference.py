@@ -34,12 +34,17 @@ STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 1024
 
 
-def preprocess(image: Image.Image, size: int) -> torch.Tensor:
-    """(1, 3, size, size) float32 model input from a decoded image."""
-    rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+def preprocess(image: Image.Image, size: int, device: str = "cpu") -> torch.Tensor:
+    """(1, 3, size, size) float32 model input from a decoded image, computed on `device`.
+
+    The operations and their order are the sidecar engine's (crates/executor/src/image.rs), so on
+    the same device both give the same bits; float rounding differs between a CPU and a GPU.
+    """
+    rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).to(device)
     x = rgb.permute(2, 0, 1).unsqueeze(0)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True) / 255.0
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    return (x - mean) / std
 
 
 def postprocess(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -73,7 +78,7 @@ def main() -> None:
     size = args.size or meta.get("size", DEFAULT_SIZE)
     image = Image.open(args.image)
     width, height = image.size
-    x = preprocess(image, size).to(args.device)
+    x = preprocess(image, size, args.device)
 
     start = time.perf_counter()
     with torch.no_grad():

@@ -128,25 +128,31 @@ impl RawImage {
         inward.max(outward) as u64
     }
 
-    /// The samples as a float tensor in 0..=1, `[channels, height, width]`, on `device`.
-    fn upload(&self, device: Device) -> Result<Tensor, tch::TchError> {
+    /// The samples as a float tensor of sample values (not yet scaled), `[channels, height,
+    /// width]`, on `device`, and the largest sample value (255 or 65535).
+    fn upload(&self, device: Device) -> Result<(Tensor, f64), tch::TchError> {
         let (h, w, c) = (
             i64::from(self.height),
             i64::from(self.width),
             i64::from(self.channels),
         );
-        let hwc = match &self.samples {
-            Samples::U8(v) => Tensor::f_from_slice(v)?
-                .f_to_device_(device, Kind::Uint8, false, false)?
-                .f_to_kind(Kind::Float)?
-                .f_div_scalar(255.0)?,
-            // libtorch has no arithmetic on uint16: scale on the host (the rarer path).
+        let (hwc, max) = match &self.samples {
+            Samples::U8(v) => (
+                Tensor::f_from_slice(v)?
+                    .f_to_device_(device, Kind::Uint8, false, false)?
+                    .f_to_kind(Kind::Float)?,
+                255.0,
+            ),
+            // libtorch has no arithmetic on uint16: widen on the host (the rarer path).
             Samples::U16(v) => {
-                let scaled: Vec<f32> = v.iter().map(|&s| f32::from(s) / 65535.0).collect();
-                Tensor::f_from_slice(&scaled)?.f_to_device_(device, Kind::Float, false, false)?
+                let wide: Vec<f32> = v.iter().map(|&s| f32::from(s)).collect();
+                (
+                    Tensor::f_from_slice(&wide)?.f_to_device_(device, Kind::Float, false, false)?,
+                    65535.0,
+                )
             }
         };
-        hwc.f_view([h, w, c])?.f_permute([2, 0, 1])
+        Ok((hwc.f_view([h, w, c])?.f_permute([2, 0, 1])?, max))
     }
 }
 
@@ -167,8 +173,9 @@ fn resize(x: &Tensor, height: i64, width: i64) -> Result<Tensor, tch::TchError> 
 }
 
 /// The model input for `image`: resized to `height × width` (bilinear, antialiased when
-/// shrinking, like Pillow), grayscale repeated to three channels, normalised; `[1, 3, H, W]` float
-/// on `device`.
+/// shrinking, like Pillow), scaled to 0..1, grayscale repeated to three channels, normalised;
+/// `[1, 3, H, W]` float on `device`. The operations and their order are those of
+/// tests/models/reference.py, so on the same device the result is the same to the bit.
 pub(crate) fn to_model_input(
     image: &RawImage,
     device: Device,
@@ -176,8 +183,8 @@ pub(crate) fn to_model_input(
     norm: Normalisation,
 ) -> Result<Tensor, tch::TchError> {
     let (h, w) = (height as i64, width as i64);
-    let chw = image.upload(device)?.f_unsqueeze(0)?;
-    let resized = resize(&chw, h, w)?;
+    let (chw, max) = image.upload(device)?;
+    let resized = resize(&chw.f_unsqueeze(0)?, h, w)?.f_div_scalar(max)?;
     let rgb = if image.channels == 1 {
         resized.f_expand([1, 3, h, w], false)?
     } else {

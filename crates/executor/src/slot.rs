@@ -50,11 +50,13 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
     tracing::debug!(model = %entry.name, "slot exits");
 }
 
-/// Runs the loaded model on this thread's stream before the slot takes requests, if the ledger
-/// has room: every batch size up to the cap on a GPU (with `warm_all_batch_sizes`), else one
-/// image. cuDNN's autotuning results are kept per thread (libtorch's cuDNN v8 benchmark cache is
-/// thread-local), so warming on the calibration thread does not spare this one: a batch size met
-/// here for the first time would stall its requests for the seconds autotuning takes.
+/// Runs the loaded model on this thread's stream before the slot takes requests: every batch size
+/// up to the cap on a GPU (with `warm_all_batch_sizes`), else one image. cuDNN's autotuning
+/// results are kept per thread (libtorch's cuDNN v8 benchmark cache is thread-local), so warming
+/// on the calibration thread does not spare this one: a batch size met here for the first time
+/// would stall its requests for the seconds autotuning takes. Each size waits for its room in the
+/// ledger (slots of every model warm up at once at start-up and may have to take turns under a
+/// tight budget), up to the engine's memory wait; sizes that never get room are left cold.
 fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     let loaded = entry.runtime.lock().loaded.is_some();
     if !loaded {
@@ -69,11 +71,22 @@ fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
         1
     };
     let costs = entry.batch_costs(model.resident.model.precision, largest, &shared.options);
-    let Some(_room) = costs.last().and_then(|c| shared.ledger.try_reserve(*c)) else {
-        return;
-    };
     let started = Instant::now();
-    for n in 1..=largest {
+    let deadline = started + shared.options.memory_wait;
+    for (n, &cost) in (1..=largest).zip(&costs) {
+        let room = loop {
+            if let Some(room) = shared.ledger.try_reserve(cost) {
+                break Some(room);
+            }
+            if shared.is_shutting_down() || Instant::now() >= deadline {
+                break None;
+            }
+            shared.ledger.wait_for_release(Duration::from_millis(50));
+        };
+        let Some(_room) = room else {
+            tracing::warn!(model = %entry.name, batch = n, "no memory to warm up this batch size and larger ones; their first batches will autotune");
+            return;
+        };
         let result = stager
             .stage_synthetic(n)
             .and_then(|()| stager.run(&model.resident.model, 0..n));
