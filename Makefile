@@ -9,7 +9,7 @@ GPUPOOL_CACHE ?= $(HOME)/.cache/gpupool
 export GPUPOOL_CACHE
 ENV := source tests/setup/env.sh &&
 
-.PHONY: setup setup-torch setup-control-plane build release test test-rust lint fmt crds check-params demo bench-gpu clean-cache
+.PHONY: setup setup-torch setup-control-plane build release test test-rust lint fmt crds check-params demo bench-gpu bench-report clean-cache
 
 setup: setup-torch setup-control-plane
 
@@ -49,6 +49,15 @@ demo: setup
 
 bench-gpu:
 	@echo "GPU benchmarks run on the lent H200: see bench/README.md"
+
+# Tables and the scaling plot of a GPU session's results (RESULTS=docs/results/<session>);
+# matplotlib lives in its own small virtual environment, cached like the rest.
+RESULTS ?= docs/results/h200-2026-11-28b
+bench-report:
+	@[[ -x $(GPUPOOL_CACHE)/plot-venv/bin/python ]] || { python3 -m venv $(GPUPOOL_CACHE)/plot-venv && \
+		$(GPUPOOL_CACHE)/plot-venv/bin/pip install -q 'matplotlib>=3.8,<4'; }
+	$(GPUPOOL_CACHE)/plot-venv/bin/python bench/report.py $(RESULTS)
+	$(GPUPOOL_CACHE)/plot-venv/bin/python bench/plot.py $(RESULTS) $(RESULTS)/scaling.png
 
 clean-cache:
 	rm -rf $(GPUPOOL_CACHE)
