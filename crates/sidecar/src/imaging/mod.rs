@@ -12,6 +12,7 @@ pub mod geometry;
 pub mod mask_png;
 pub mod polygon;
 pub mod postprocess;
+mod specks;
 
 pub use contours::{MIN_AREA, MIN_POINTS};
 pub use decode::{decode_image, DecodeError, DecodeLimits, DecodedImage, SourceFormat};

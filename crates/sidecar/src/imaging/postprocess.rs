@@ -4,7 +4,8 @@
 //! original size, threshold (`p > threshold`), contours. The first three run on the model's
 //! device next to the forward pass (`gpupool_executor::Engine::segment`), which hands back the
 //! mask and the probabilities at the original size; what is left here is the sequential part:
-//! tracing the contours, filtering and nesting them, and each polygon's confidence.
+//! tracing the contours, filtering and nesting them, and each polygon's confidence. Objects and
+//! holes too small to pass the area filter are cleared before tracing (`super::specks`).
 //!
 //! Confidence of a polygon: the mean probability of the foreground pixels of the 8-connected
 //! object it outlines (for a hole, of the object around it). It says how sure the model is of
@@ -20,6 +21,7 @@ use thiserror::Error;
 
 use super::contours::{outlines, ContourRules, Outline, MIN_AREA, MIN_POINTS};
 use super::polygon::{Polygon, PolygonClass};
+use super::specks::clear_specks;
 
 /// Which outlines a request keeps; one per request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,6 +125,20 @@ pub fn polygons_from_mask(
             }
         }
     }
+    Ok(polygons_in(framed, probabilities, options, true))
+}
+
+/// Outlines of the framed mask (with `clear`, specks cleared first: the property test below checks
+/// that this changes nothing but the time taken).
+fn polygons_in(
+    mut framed: GrayImage,
+    probabilities: &[f32],
+    options: &PostprocessOptions,
+    clear: bool,
+) -> Vec<Polygon> {
+    if clear {
+        clear_specks(&mut framed, options.min_area);
+    }
     let rules = ContourRules {
         detect_holes: options.detect_holes,
         min_area: options.min_area,
@@ -130,10 +146,10 @@ pub fn polygons_from_mask(
     };
     let found = outlines(&framed, rules);
     if found.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let confidences = confidences(&mut framed, probabilities, &found);
-    Ok(found
+    found
         .into_iter()
         .zip(confidences)
         .enumerate()
@@ -146,7 +162,7 @@ pub fn polygons_from_mask(
             confidence,
             parent_id: outline.parent.map(id_of),
         })
-        .collect())
+        .collect()
 }
 
 /// The 1-based id of the polygon at position `index`.
@@ -240,6 +256,7 @@ fn object_mean(
 mod tests {
     use super::*;
     use crate::imaging::polygon::{Point, PolygonType};
+    use proptest::strategy::Strategy;
 
     /// Mask (`p > 0.5`) and probabilities of a `w`x`h` image with `p(x, y)` per pixel.
     fn segmented(w: u32, h: u32, p: impl Fn(u32, u32) -> f32) -> (Vec<u8>, Vec<f32>) {
@@ -372,6 +389,69 @@ mod tests {
         let expected = [(0, 0), (39, 0), (0, 19), (39, 19)].map(|(x, y)| Point { x, y });
         assert_eq!(corners, expected);
         assert!((all[0].confidence - 0.6).abs() < 1e-6);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Clearing specks before tracing changes no polygon and no confidence, whatever the mask,
+        /// the area filter and the hole setting.
+        #[test]
+        fn clearing_specks_changes_nothing_reported(
+            (w, h, cells) in (1u32..28, 1u32..22).prop_flat_map(|(w, h)| {
+                (proptest::prelude::Just(w), proptest::prelude::Just(h),
+                 proptest::collection::vec(0u8..=255, (w * h) as usize))
+            }),
+            density in 1u8..=254,
+            min_area in 0.0f64..40.0,
+            detect_holes: bool,
+        ) {
+            let mask: Vec<u8> = cells.iter().map(|&c| u8::from(c < density)).collect();
+            let probs: Vec<f32> = cells.iter().map(|&c| f32::from(c) / 255.0).collect();
+            let options = PostprocessOptions::new(detect_holes, min_area);
+            let mut framed = GrayImage::new(w + 2, h + 2);
+            for (i, &m) in mask.iter().enumerate() {
+                let (x, y) = (i as u32 % w, i as u32 / w);
+                framed.put_pixel(x + 1, y + 1, image::Luma([if m != 0 { FOREGROUND } else { 0 }]));
+            }
+            let plain = polygons_in(framed.clone(), &probs, &options, false);
+            let cleared = polygons_in(framed, &probs, &options, true);
+            proptest::prop_assert_eq!(plain, cleared);
+        }
+    }
+
+    /// The bounds speck clearing relies on are tight for rectangles: sweep the area filter across
+    /// each rectangle's outline area, for solid rectangles and for rectangular holes.
+    #[test]
+    fn clearing_specks_is_exact_at_the_edge_of_the_area_filter() {
+        let frame = |w: u32, h: u32, on: &dyn Fn(u32, u32) -> bool| {
+            GrayImage::from_fn(w + 2, h + 2, |x, y| {
+                let inside = x > 0 && y > 0 && x <= w && y <= h;
+                image::Luma([if inside && on(x - 1, y - 1) {
+                    FOREGROUND
+                } else {
+                    0
+                }])
+            })
+        };
+        for (rw, rh) in (1..7).flat_map(|a| (1..7).map(move |b| (a, b))) {
+            // A solid rw×rh rectangle, and a 2-pixel-thick block with an rw×rh hole.
+            let solid = frame(rw + 2, rh + 2, &|x, y| {
+                (1..=rw).contains(&x) && (1..=rh).contains(&y)
+            });
+            let holed = frame(rw + 4, rh + 4, &|x, y| {
+                !((2..rw + 2).contains(&x) && (2..rh + 2).contains(&y))
+            });
+            for framed in [solid, holed] {
+                let probs: Vec<f32> =
+                    vec![0.7; ((framed.width() - 2) * (framed.height() - 2)) as usize];
+                for half_px2 in 0..100 {
+                    let options = PostprocessOptions::new(true, f64::from(half_px2) / 2.0);
+                    let plain = polygons_in(framed.clone(), &probs, &options, false);
+                    let cleared = polygons_in(framed.clone(), &probs, &options, true);
+                    assert_eq!(plain, cleared, "{rw}x{rh}, min_area {}", options.min_area);
+                }
+            }
+        }
     }
 
     #[test]
