@@ -7,8 +7,6 @@
 #                                    clients on the AOTInductor package, 8 clients with 2 slots, 8
 #                                    clients on TorchScript; Python baseline (c) in the same call;
 #                                    the 22 GiB budget mode (3 models resident, clients 4/2/2)
-#   bash bench/gpu_run.sh http       sidecar smoke against PyTorch (both APIs, masks and polygons),
-#                                    end to end over HTTP per model and mixed; baselines (a), (b), (d)
 #   bash bench/gpu_run.sh final      everything that fits one call: the sidecar smoke against PyTorch
 #                                    (TorchScript, while the AOTInductor packages compile); then, on
 #                                    the packages with a 22 GiB budget and the three models
@@ -19,7 +17,7 @@
 # so a call cut short by its time limit still returns what it measured. Files already exported in
 # /tmp/gpupool-gpu (an earlier call on the same machine) are reused.
 set -uo pipefail
-PHASE=${1:?compiled|http|baselines}
+PHASE=${1:?compiled|final|baselines}
 LIMIT_S=${LIMIT_S:-570}
 WORK=/tmp/gpupool-gpu; MODELS=$WORK/models; mkdir -p "$MODELS"
 # The device tool brings back at most 8 files: results are collected in one folder and packed.
@@ -206,27 +204,9 @@ final() {
   have_time 60 "baselines c" && baselines c fp16:8,autocast:8 3
 }
 
-http() {
-  export_ts fp16 fp32
-  export_aoti
-  images
-  checkpoint
-  write_config "$WORK/http.yaml" "${HTTP_EXT:-pt2}" $ROOMY 8 "${HTTP_SLOTS:-2}" 8 $MODELS_LIST
-  # The smoke compares against PyTorch running the TorchScript file: the sidecar runs that too.
-  write_config "$WORK/smoke.yaml" pt $ROOMY 8 1 4 $MODELS_LIST
-  cp "$WORK/http.yaml" "$WORK/smoke.yaml" "$OUT/"
-  smoke "$WORK/smoke.yaml"
-  sidecar "$WORK/http.yaml"
-  http_runs
-  stop_sidecar
-  have_time 60 "baselines a b" && baselines a,b fp16:8 3
-  have_time 200 "baselines d" && baselines d fp16:8 3
-}
-
 case "$PHASE" in
 compiled) compiled ;;
 final) final ;;
-http) http ;;
 baselines)
   export_ts fp16 fp32 bf16
   baselines "${MODES:-a,b,c,d}" fp16:8,fp16:16,bf16:8,bf16:16,autocast:8,autocast:16,fp32:8,fp32:16 "${SECONDS_PER:-4}"
