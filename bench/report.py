@@ -77,9 +77,8 @@ def batching(d):
 def baseline_rows(root):
     """Per model: every baseline configuration measured in any call of the session."""
     rows = {}
-    for path in sorted(glob.glob(os.path.join(root, "*", "baselines-*.json"))):
-        for r in json.load(open(path)):
-            rows.setdefault(r["model"], []).append(r)
+    for _, r in records(root, "baselines-*.json"):
+        rows.setdefault(r["model"], []).append(r)
     return rows
 
 
@@ -129,25 +128,30 @@ def curves(root):
         print(f"| {os.path.relpath(path, root)} | allocator high-water mark {r['peak_reserved_bytes'] / 2**30:.2f} GiB of a {r['budget_bytes'] / 2**30:.1f} GiB budget; start-up {r['startup_seconds']:.0f} s; input {r.get('input', 'tensor')} | | | | | | | |")
 
 
+def records(root, pattern):
+    """(path, record) for every record of every call's files matching `pattern`."""
+    for path in sorted(glob.glob(os.path.join(root, "*", pattern))):
+        for r in json.load(open(path)):
+            yield path, r
+
+
 def http_v2(root):
     print("| model | clients | req/s | p50 ms | p99 ms | statuses |")
     print("|---|---|---|---|---|---|")
-    for path in sorted(glob.glob(os.path.join(root, "*", "http-*.json"))):
-        for r in json.load(open(path)):
-            name = os.path.basename(path).removeprefix("http-8-").removesuffix(".json")
-            per = r.get("ok_per_model", {})
-            detail = ", ".join(f"{k} {v / r['seconds']:.1f}/s" for k, v in sorted(per.items())) if len(per) > 1 else ""
-            print(f"| {name} {detail} | {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['status_counts']} |")
+    for path, r in records(root, "http-*.json"):
+        name = os.path.basename(path).removeprefix("http-8-").removesuffix(".json")
+        per = r.get("ok_per_model", {})
+        detail = ", ".join(f"{k} {v / r['seconds']:.1f}/s" for k, v in sorted(per.items())) if len(per) > 1 else ""
+        print(f"| {name} {detail} | {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['status_counts']} |")
 
 
 def smoke_v2(root):
     print("| image | model | OIP max abs logit diff | OIP mask IoU | segment mask IoU | polygons: sidecar / PyTorch mask by the same rules (min_area 0) | polygons at min_area 50 | fp16 vs fp32 mask IoU |")
     print("|---|---|---|---|---|---|---|---|")
-    for path in sorted(glob.glob(os.path.join(root, "*", "smoke-*.json"))):
-        for r in json.load(open(path)):
-            print(f"| {r['image']} {r['image_size'][0]}×{r['image_size'][1]} | {r['model']} | {r['oip_max_abs_logit_diff']:.2g} | "
-                  f"{r['oip_mask_iou']:.5f} | {r['segment_mask_iou']:.5f} | {r['segment_polygons']} / {r['pytorch_polygons']} | "
-                  f"{r['segment_polygons_min_area_50']} | {r.get('fp16_vs_fp32_mask_iou', float('nan')):.4f} |")
+    for _, r in records(root, "smoke-*.json"):
+        print(f"| {r['image']} {r['image_size'][0]}×{r['image_size'][1]} | {r['model']} | {r['oip_max_abs_logit_diff']:.2g} | "
+              f"{r['oip_mask_iou']:.5f} | {r['segment_mask_iou']:.5f} | {r['segment_polygons']} / {r['pytorch_polygons']} | "
+              f"{r['segment_polygons_min_area_50']} | {r.get('fp16_vs_fp32_mask_iou', float('nan')):.4f} |")
 
 
 def session(root):

@@ -116,17 +116,8 @@ impl Pipeline {
     /// Segments one image.
     pub async fn segment(&self, request: SegmentRequest) -> Result<SegmentResponse, ApiError> {
         let started = Instant::now();
-        if !THRESHOLD_RANGE.contains(&request.threshold) {
-            return Err(ApiError::InvalidField {
-                field: "threshold",
-                message: format!(
-                    "{} is outside {}..={}",
-                    request.threshold,
-                    THRESHOLD_RANGE.start(),
-                    THRESHOLD_RANGE.end()
-                ),
-            });
-        }
+        within("threshold", request.threshold, &THRESHOLD_RANGE)?;
+        within("min_area", request.min_area, &MIN_AREA_RANGE)?;
         // Refuse unknown or broken models before spending CPU on the image.
         let model = self.model(&request.model)?;
         if !model.serviceable() {
@@ -135,18 +126,6 @@ impl Pipeline {
                 reason: model.reason.clone().unwrap_or_else(|| "loading".into()),
             }
             .into());
-        }
-
-        if !MIN_AREA_RANGE.contains(&request.min_area) {
-            return Err(ApiError::InvalidField {
-                field: "min_area",
-                message: format!(
-                    "{} is outside {}..={}",
-                    request.min_area,
-                    MIN_AREA_RANGE.start(),
-                    MIN_AREA_RANGE.end()
-                ),
-            });
         }
 
         let limits = self.limits;
@@ -206,6 +185,21 @@ impl Pipeline {
             mask_png,
         })
     }
+}
+
+/// The 400 that names `field` when `value` is outside `range` (NaN is outside every range).
+fn within<T: PartialOrd + std::fmt::Display>(
+    field: &'static str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> Result<(), ApiError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(ApiError::InvalidField {
+        field,
+        message: format!("{value} is outside {}..={}", range.start(), range.end()),
+    })
 }
 
 /// Runs CPU-heavy work on the blocking pool; a panic there becomes a 500, not a crash.
