@@ -8,8 +8,6 @@ best eager Python batching (c) of the same session as a dotted horizontal line.
 Needs matplotlib (`make bench-plot` installs it in its own virtual environment).
 """
 
-import glob
-import json
 import os
 import sys
 
@@ -19,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from report import baseline_rows, best  # noqa: E402
+from report import baseline_rows, best, reports  # noqa: E402
 
 
 def main():
@@ -27,10 +25,9 @@ def main():
     fig, (tput, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {"hrnet": "tab:blue", "cbam_resunet": "tab:orange", "unet_spherohq": "tab:green"}
     styles = ["--s", "-o", "-.^"]
-    paths = sorted(glob.glob(os.path.join(root, "*", "engine-*.json")))
-    calls = sorted({os.path.dirname(p) for p in paths})
-    for path in paths:
-        report = json.load(open(path))
+    engine = list(reports(root, "engine-*.json"))
+    calls = sorted({os.path.dirname(path) for path, _ in engine})
+    for path, report in engine:
         curves = {}
         for run in report["runs"]:
             models = run.get("models") or sorted(run["batches"])

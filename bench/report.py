@@ -104,8 +104,7 @@ def baselines_v2(root):
 def profiles(root):
     print("| model | file | batch: ms per batch (img/s) |")
     print("|---|---|---|")
-    for path in sorted(glob.glob(os.path.join(root, "*", "engine-*.json"))):
-        r = json.load(open(path))
+    for path, r in reports(root, "engine-*.json"):
         for m in r["models"]:
             if not m.get("profile"):
                 continue
@@ -116,8 +115,7 @@ def profiles(root):
 def curves(root):
     print("| run | model(s) | clients | img/s | p50 ms | p99 ms | p99/p50 | mean batch | OOM |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in sorted(glob.glob(os.path.join(root, "*", "engine-*.json"))):
-        r = json.load(open(path))
+    for path, r in reports(root, "engine-*.json"):
         for run in r["runs"]:
             models = run.get("models") or sorted(run["batches"])
             label = "+".join(dict.fromkeys(models)) if len(set(models)) > 1 else models[0]
@@ -128,10 +126,16 @@ def curves(root):
         print(f"| {os.path.relpath(path, root)} | allocator high-water mark {r['peak_reserved_bytes'] / 2**30:.2f} GiB of a {r['budget_bytes'] / 2**30:.1f} GiB budget; start-up {r['startup_seconds']:.0f} s; input {r.get('input', 'tensor')} | | | | | | | |")
 
 
-def records(root, pattern):
-    """(path, record) for every record of every call's files matching `pattern`."""
+def reports(root, pattern):
+    """(path, parsed JSON) for every call's files matching `pattern`."""
     for path in sorted(glob.glob(os.path.join(root, "*", pattern))):
-        for r in json.load(open(path)):
+        yield path, json.load(open(path))
+
+
+def records(root, pattern):
+    """(path, record) for every record of the list files matching `pattern`."""
+    for path, rs in reports(root, pattern):
+        for r in rs:
             yield path, r
 
 
