@@ -223,14 +223,37 @@ impl Engine {
         let entry = s
             .model(model)
             .ok_or_else(|| InferError::UnknownModel(model.to_owned()))?;
-        if let Job::Logits(image) = &job {
-            if image.len() != entry.image_len() {
+        match &job {
+            Job::Logits(image) if image.len() != entry.image_len() => {
                 return Err(InferError::InvalidInput {
                     model: model.to_owned(),
                     expected: entry.image_len(),
                     got: image.len(),
                 });
             }
+            Job::Segment { image, .. } => {
+                // An image whose processing alone can never fit the budget is refused now, not
+                // after waiting in the queue for memory that will not come.
+                let scratch = job.scratch_bytes(entry.height * entry.width);
+                let one = entry
+                    .batch_costs(entry.target_precision(), 1, &s.options)
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
+                if scratch.saturating_add(one) > s.ledger.budget() {
+                    return Err(InferError::InvalidRequest {
+                        model: model.to_owned(),
+                        message: format!(
+                            "a {}×{} image needs {} bytes of device memory to process with a batch of one, more than the {} byte budget",
+                            image.width(),
+                            image.height(),
+                            scratch.saturating_add(one),
+                            s.ledger.budget()
+                        ),
+                    });
+                }
+            }
+            Job::Logits(_) => {}
         }
         let not_ready = |reason: Option<String>| InferError::ModelNotReady {
             model: model.to_owned(),

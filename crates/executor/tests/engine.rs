@@ -262,3 +262,56 @@ async fn infer_all(
     }
     out
 }
+
+/// A decoded image whose pre- and post-processing can never fit the memory budget is refused at
+/// once with a 400 that says so, never run over budget; a small one on the same engine is
+/// segmented, with the mask at its own size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_processing_memory_is_admitted_with_the_batch() {
+    use gpupool_executor::{RawImage, Samples};
+    let path = torchscript("unet_spherohq");
+    let mut cfg = config(vec![model_config("unet", &path)]);
+    cfg.memory_budget_bytes = 96 << 20;
+    let mut opts = options();
+    opts.memory_wait = Duration::from_millis(300);
+    let engine = started(cfg, opts).await;
+    assert!(engine.ready(), "{:?}", engine.telemetry().models[0].reason);
+
+    let small = RawImage::new(90, 70, 3, Samples::U8(vec![200; 90 * 70 * 3])).unwrap();
+    let seg = engine.segment("unet", small, 0.5).await.unwrap();
+    assert_eq!((seg.width, seg.height), (90, 70));
+    assert_eq!(
+        (seg.mask.len(), seg.probabilities.len()),
+        (90 * 70, 90 * 70)
+    );
+    assert!(seg.mask.iter().all(|&m| m <= 1));
+    assert!(seg
+        .probabilities
+        .iter()
+        .zip(&seg.mask)
+        .all(|(&p, &m)| (p > 0.5) == (m == 1)));
+
+    // 3000×3000 RGB: ~240 MB of resizing scratch against a 96 MiB budget.
+    let huge = RawImage::new(3000, 3000, 3, Samples::U8(vec![7; 3000 * 3000 * 3])).unwrap();
+    let err = engine.segment("unet", huge, 0.5).await.unwrap_err();
+    assert!(
+        matches!(&err, InferError::InvalidRequest { message, .. } if message.contains("3000×3000")),
+        "{err:?}"
+    );
+    assert_eq!(err.http_status(), 400);
+    let t = engine.telemetry();
+    assert!(t.allocator.admitted_bytes <= t.allocator.budget_bytes);
+    // The engine still serves afterwards.
+    let again = RawImage::new(64, 64, 1, Samples::U8(vec![9; 64 * 64])).unwrap();
+    assert!(engine.segment("unet", again, 0.5).await.is_ok());
+    let err = engine
+        .segment(
+            "unet",
+            RawImage::new(4, 4, 1, Samples::U8(vec![0; 16])).unwrap(),
+            1.5,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.http_status(), err.kind()), (400, "invalid_request"));
+    engine.shutdown().await;
+}
