@@ -2,7 +2,7 @@
 //! the next. Used by the demo, the end-to-end tests and the GPU benchmarks.
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +57,59 @@ pub struct LoadReport {
     pub max_ms: f64,
     /// Successful requests per model.
     pub ok_per_model: BTreeMap<String, u64>,
+    /// Where the server spent the time, from the timings each answer carries.
+    pub server: StageProfile,
+}
+
+/// Median server-side time of each stage of a segmentation request, milliseconds, and the mean
+/// batch the images ran in: the profile that says where a run's latency goes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageProfile {
+    /// Answers that carried timings.
+    pub answers: u64,
+    /// Decoding the upload (`preprocessing_time`).
+    pub decode_p50_ms: f64,
+    /// Queue, batch, device pre-processing, model and mask (`inference_time`).
+    pub engine_p50_ms: f64,
+    /// Contours and confidences on the CPU (`postprocessing_time`).
+    pub polygons_p50_ms: f64,
+    /// Receipt to response (`processing_time`).
+    pub total_p50_ms: f64,
+    /// Mean of `batch_size_used`.
+    pub mean_batch: f64,
+}
+
+/// The timing fields of a segmentation answer (the rest of the body is skipped).
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct Timings {
+    preprocessing_time: f64,
+    inference_time: f64,
+    postprocessing_time: f64,
+    processing_time: f64,
+    batch_size_used: u32,
+}
+
+impl StageProfile {
+    fn of(timings: &[Timings]) -> Self {
+        let p50 = |f: fn(&Timings) -> f64| {
+            let mut v: Vec<f64> = timings.iter().map(|t| f(t) * 1000.0).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        let n = timings.len().max(1) as f64;
+        Self {
+            answers: timings.len() as u64,
+            decode_p50_ms: p50(|t| t.preprocessing_time),
+            engine_p50_ms: p50(|t| t.inference_time),
+            polygons_p50_ms: p50(|t| t.postprocessing_time),
+            total_p50_ms: p50(|t| t.processing_time),
+            mean_batch: timings
+                .iter()
+                .map(|t| f64::from(t.batch_size_used))
+                .sum::<f64>()
+                / n,
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -67,7 +120,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn send(client: &reqwest::Client, target: &str, model: &str, spec: &LoadSpec) -> u16 {
+/// One request: the status (0 for a transport error) and, for a 2xx, the answer's timings.
+async fn send(
+    client: &reqwest::Client,
+    target: &str,
+    model: &str,
+    spec: &LoadSpec,
+) -> (u16, Option<Timings>) {
     let part = reqwest::multipart::Part::bytes(spec.image.as_ref().clone())
         .file_name(spec.file_name.clone());
     let form = reqwest::multipart::Form::new()
@@ -82,10 +141,14 @@ async fn send(client: &reqwest::Client, target: &str, model: &str, spec: &LoadSp
         Ok(response) => {
             let status = response.status().as_u16();
             // Read the whole body: the request is done only when the answer has arrived.
-            let _ = response.bytes().await;
-            status
+            let body = response.bytes().await;
+            let timings = body
+                .ok()
+                .filter(|_| (200..300).contains(&status))
+                .and_then(|b| serde_json::from_slice::<Timings>(&b).ok());
+            (status, timings)
         }
-        Err(_) => 0,
+        Err(_) => (0, None),
     }
 }
 
@@ -115,8 +178,8 @@ pub async fn run(spec: LoadSpec) -> Result<LoadReport> {
             let mut samples = Vec::new();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let status = send(&client, &target, &model, &spec).await;
-                samples.push((status, t0.elapsed().as_secs_f64() * 1000.0));
+                let (status, timings) = send(&client, &target, &model, &spec).await;
+                samples.push((status, t0.elapsed().as_secs_f64() * 1000.0, timings));
                 if status == 0 || status == 429 || status == 503 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -129,9 +192,11 @@ pub async fn run(spec: LoadSpec) -> Result<LoadReport> {
     let mut status_counts = BTreeMap::new();
     let mut ok_per_model: BTreeMap<String, u64> = BTreeMap::new();
     let mut latencies = Vec::new();
+    let mut timings = Vec::new();
     for task in tasks {
         let (model, samples) = task.await.context("client task")?;
-        for (status, ms) in samples {
+        for (status, ms, t) in samples {
+            timings.extend(t);
             *status_counts.entry(status).or_insert(0) += 1;
             if (200..300).contains(&status) {
                 latencies.push(ms);
@@ -152,5 +217,6 @@ pub async fn run(spec: LoadSpec) -> Result<LoadReport> {
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
         ok_per_model,
+        server: StageProfile::of(&timings),
     })
 }
