@@ -315,3 +315,36 @@ async fn image_processing_memory_is_admitted_with_the_batch() {
     assert_eq!((err.http_status(), err.kind()), (400, "invalid_request"));
     engine.shutdown().await;
 }
+
+/// Float tensors (OIP) and decoded images (segmentation) for the same model share batches; each
+/// gets its own kind of answer, and the tensor's logits are those of the module run directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tensors_and_images_share_a_batch() {
+    use gpupool_executor::{RawImage, Samples};
+    let path = torchscript("unet_spherohq");
+    let mut m = model_config("unet", &path);
+    m.max_queue_delay_ms = 300;
+    m.slots = 1;
+    let engine = started(config(vec![m]), options()).await;
+    let im = image(5);
+    let expected = direct(&path, std::slice::from_ref(&im));
+    let (a, b) = (engine.clone(), engine.clone());
+    let tensor = tokio::spawn(async move { a.infer_detailed("unet", im).await });
+    let pixels = RawImage::new(50, 30, 1, Samples::U16(vec![40_000; 50 * 30])).unwrap();
+    let segment = tokio::spawn(async move { b.segment("unet", pixels, 0.5).await });
+    let (tensor, segment) = (
+        tensor.await.unwrap().unwrap(),
+        segment.await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        (tensor.batch_size, segment.batch_size),
+        (2, 2),
+        "one batch of two"
+    );
+    assert!(max_abs_diff(&tensor.logits, &expected[0]) < 1e-4);
+    assert_eq!(
+        (segment.width, segment.height, segment.mask.len()),
+        (50, 30, 1500)
+    );
+    engine.shutdown().await;
+}
