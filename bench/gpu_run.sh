@@ -12,12 +12,13 @@
 #                                    the packages with a 22 GiB budget and the three models
 #                                    resident, the engine alone per model over 1-32 clients and the
 #                                    4/2/2 mix, HTTP end to end per model and mixed; baseline (c)
+#   bash bench/gpu_run.sh smoke      the sidecar smoke against PyTorch alone (about 3 minutes)
 #   bash bench/gpu_run.sh baselines  Python baselines a, b, c, d on the same TorchScript files
 # Results go to $OUT (the device tool brings them back) as results.tgz, re-packed after every step
 # so a call cut short by its time limit still returns what it measured. Files already exported in
 # /tmp/gpupool-gpu (an earlier call on the same machine) are reused.
 set -uo pipefail
-PHASE=${1:?compiled|final|baselines}
+PHASE=${1:?smoke|compiled|final|baselines}
 LIMIT_S=${LIMIT_S:-570}
 WORK=/tmp/gpupool-gpu; MODELS=$WORK/models; mkdir -p "$MODELS"
 # The device tool brings back at most 8 files: results are collected in one folder and packed.
@@ -205,6 +206,13 @@ final() {
 }
 
 case "$PHASE" in
+smoke)
+  export_ts fp16 fp32
+  images
+  write_config "$WORK/smoke.yaml" pt $ROOMY 4 1 4 $MODELS_LIST
+  cp "$WORK/smoke.yaml" "$OUT/"
+  smoke "$WORK/smoke.yaml"
+  ;;
 compiled) compiled ;;
 final) final ;;
 baselines)
