@@ -16,8 +16,10 @@ own dtype and its logits back to float32, so callers (the Rust executor) never d
 - AOTInductor (.pt2): compiled for the export device (on CUDA: the GPU architecture; on CPU: the
   machine's instruction set, e.g. AVX512), with a dynamic batch dimension 1..--max-batch and a fixed
   spatial size. The compiled code does not reject a larger batch (seen on CPU), so callers must keep
-  to --max-batch. The export settings are in the package metadata (strings; read with
-  AOTIModelPackageLoader::get_metadata() or aoti_load_package(path).get_metadata()).
+  to --max-batch. With --static the batch is fixed at --max-batch instead (metadata "static":
+  "true"): faster kernels, and the engine serves a directory of such packages, padding each batch
+  up to the smallest one that takes it. The export settings are in the package metadata (strings;
+  read with AOTIModelPackageLoader::get_metadata() or aoti_load_package(path).get_metadata()).
 
 Same seed, same width → same weights on any device (they are initialised on the CPU). Unless
 --no-verify, each file is reloaded and compared with the eager model at batch 1 and one other batch
@@ -70,7 +72,10 @@ def export_torchscript(module: nn.Module, args, meta: dict) -> None:
 def export_aotinductor(module: nn.Module, args, meta: dict) -> None:
     dynamic_shapes = None
     example_batch = 1
-    if args.max_batch > 1:
+    if args.static:
+        # One fixed batch size: every kernel is specialised for it (the engine pads smaller batches).
+        example_batch = args.max_batch
+    elif args.max_batch > 1:
         # torch.export specialises a dimension whose example size is 1, so trace with at least 2.
         example_batch = min(max(args.batch, 2), args.max_batch)
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=args.max_batch)},)
@@ -90,7 +95,7 @@ def load(args):
 def verify_batches(args) -> list[int]:
     if args.format == "torchscript":
         return [1, 3]  # 3: a batch size the trace (usually batch 1) never saw
-    return sorted({1, args.max_batch})
+    return [args.max_batch] if args.static else sorted({1, args.max_batch})
 
 
 def export_one(name: str, args) -> dict:
@@ -110,6 +115,8 @@ def export_one(name: str, args) -> dict:
     }
     if args.format == "aotinductor":
         meta["max_batch"] = args.max_batch
+        if args.static:
+            meta["static"] = "true"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     start = time.perf_counter()
@@ -151,6 +158,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="example batch for tracing")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch an AOTInductor package accepts")
+    p.add_argument("--static", action="store_true",
+                   help="AOTInductor: compile for exactly --max-batch images (faster kernels; the engine pads "
+                        "smaller batches and picks among a directory of such packages)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the reload-and-compare check")
     args = p.parse_args()
     if args.model and not args.out:

@@ -30,6 +30,7 @@
 
 mod admission;
 mod batcher;
+mod buckets;
 mod calibration;
 mod circuit;
 mod config;

@@ -1,8 +1,10 @@
 //! A model loaded onto the device at one precision, ready to run a batch: a TorchScript module
-//! (tch `CModule`) or an AOTInductor package (through the shim). Also reads what an exported file
-//! says about itself (precision, input size) without loading it.
+//! (tch `CModule`) or AOTInductor packages (through the shim; a directory of them serves several
+//! batch sizes, `crate::buckets`). Also reads what an exported file says about itself
+//! (precision, input size) without loading it.
 
-use crate::cuda::{self, AotiPackage, AutocastGuard, ComputeDevice};
+use crate::buckets::{self, Bucket};
+use crate::cuda::{self, AutocastGuard, ComputeDevice};
 use crate::oom::ForwardFailure;
 use crate::precision::{self, PrecisionMode};
 use gpupool_api::{ModelFormat, Precision};
@@ -22,7 +24,8 @@ pub(crate) struct FileFacts {
 }
 
 impl FileFacts {
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+    /// Reads the facts from a key lookup (TorchScript's JSON or a package's metadata).
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         Self {
             precision: get("precision").as_deref().and_then(precision::parse),
             size: get("size").and_then(|s| s.trim().parse().ok()),
@@ -32,9 +35,14 @@ impl FileFacts {
 }
 
 /// Checks that a model file exists and reads its self-description (TorchScript: the
-/// `gpupool.json` extra file, if any; AOTInductor packages are described after loading).
+/// `gpupool.json` extra file, if any; AOTInductor packages, a file or a directory of them, are
+/// described after loading).
 pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("model file {path}: {e}"))?;
+    if format == ModelFormat::Aotinductor && meta.is_dir() {
+        buckets::package_files(path)?;
+        return Ok(FileFacts::default());
+    }
     if !meta.is_file() {
         return Err(format!("model file {path} is not a regular file"));
     }
@@ -67,7 +75,8 @@ enum Runner {
         module: CModule,
         mode: PrecisionMode,
     },
-    Package(AotiPackage),
+    /// One or more AOTInductor packages (`crate::buckets`).
+    Packages(Vec<Bucket>),
 }
 
 /// A model on the device, at one precision.
@@ -144,27 +153,20 @@ impl LoadedModel {
         precision: Precision,
         runners: usize,
     ) -> Result<Self, String> {
-        let cuda_device = match device {
-            ComputeDevice::Cpu => None,
-            ComputeDevice::Cuda(i) => Some(i),
-        };
-        let package = AotiPackage::load(path, cuda_device, runners)
-            .map_err(|e| format!("cannot load AOTInductor package {path}: {e}"))?;
-        let facts = FileFacts::from_lookup(|key| package.metadata(key).ok().flatten());
+        let (packages, facts, weights_bytes) = buckets::load(path, device, runners)?;
         precision::mode_for(precision, facts.precision, ModelFormat::Aotinductor)?;
-        let weights_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             precision: facts.precision.unwrap_or(precision),
             weights_bytes,
             max_batch: facts.max_batch,
-            runner: Runner::Package(package),
+            runner: Runner::Packages(packages),
             device,
         })
     }
 
     /// Whether this is an AOTInductor package (fixed precision and batch range).
     pub fn is_package(&self) -> bool {
-        matches!(self.runner, Runner::Package(_))
+        matches!(self.runner, Runner::Packages(_))
     }
 
     /// Runs one batch: `input` is float32 NCHW on the device; returns float32 logits on the device.
@@ -194,9 +196,9 @@ impl LoadedModel {
                     .map_err(|e| ForwardFailure::Other(e.to_string()))?;
                 module.forward_ts(&[input]).map_err(torch)
             }
-            Runner::Package(package) => package
-                .run(input, stream)
-                .map_err(|e| ForwardFailure::classify(e.to_string())),
+            Runner::Packages(packages) => {
+                buckets::run(packages, input, stream).map_err(ForwardFailure::classify)
+            }
         })?;
         if out.f_kind().map_err(torch)? == Kind::Float {
             Ok(out)

@@ -84,3 +84,50 @@ async fn aotinductor_package_matches_torchscript() {
     }
     engine.shutdown().await;
 }
+
+/// A directory holding one package compiled for exactly two images: the batcher's cap becomes 2,
+/// and a lone image is padded up to the package's batch with its answer still the model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_fixed_batch_packages_pads_smaller_batches() {
+    let package = match try_export(
+        "unet_spherohq",
+        "fp32",
+        "aotinductor",
+        &["--max-batch", "2", "--static"],
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIPPED a_directory_of_fixed_batch_packages: no CPU AOTInductor package could be made: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&package, dir.path().join("batch-2.pt2")).unwrap();
+    let script = torchscript("unet_spherohq");
+    let mut m = model_config("unet_static", dir.path());
+    m.source.format = ModelFormat::Aotinductor;
+    let engine = Engine::start(config(vec![m]), options()).unwrap();
+    engine.started().await;
+    let t = engine.telemetry();
+    let model = &t.models[0];
+    assert_eq!(model.state, ModelState::Ready, "{:?}", model.reason);
+    assert_eq!(
+        model.batch_cap, 2,
+        "the package's fixed batch caps the batcher"
+    );
+    let im = image(21);
+    let got = engine
+        .infer_detailed("unet_static", im.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        got.batch_size, 1,
+        "one image, padded to two inside the engine"
+    );
+    let diff = max_abs_diff(&got.logits, &direct(&script, &[im])[0]);
+    assert!(
+        diff < 1e-4,
+        "padded package differs from TorchScript by {diff}"
+    );
+    engine.shutdown().await;
+}
