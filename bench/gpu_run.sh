@@ -46,30 +46,53 @@ export_ts() { # precisions...
   done; done
 }
 
-# AOTInductor packages, fp16, dynamic batch 1..16, the three compiled in parallel (compiling is
-# CPU work; nothing is timed meanwhile). The reload check is skipped: export.py's own reload
-# segfaults on the H200 although the package loads and runs (docs/benchmarks.md).
-export_aoti() { # the models in AOTI_MODELS (default: all three)
-  local pids=()
+# AOTInductor packages, fp16, dynamic batch 1..16, for the models in AOTI_MODELS (default all
+# three); with AOTI_STATIC="8 ..." also packages compiled for exactly those batch sizes, gathered
+# with the dynamic one in <model>.fp16.aoti/ (a directory the engine serves: each batch on the
+# package that needs the least padding). All compile in parallel (CPU work; nothing is timed
+# meanwhile). The reload check is skipped: export.py's own reload segfaults on the H200 although
+# the packages load and run (docs/benchmarks.md).
+export_aoti() {
+  local pids=() m b
+  aoti() { # model out extra-flags...
+    local model=$1 out=$2
+    shift 2
+    [[ -s $out ]] && return 0
+    $PY tests/models/export.py --model "$model" --size 1024 --precision fp16 --format aotinductor \
+      --device cuda --seed 0 --batch 2 --no-verify --out "$out" "$@" \
+      >"$OUT/export-aoti-$(basename "$out").json" 2>"$OUT/export-aoti-$(basename "$out").log"
+  }
   for m in ${AOTI_MODELS:-$MODELS_LIST}; do
-    [[ -s "$MODELS/$m.fp16.pt2" ]] && continue
-    $PY tests/models/export.py --model "$m" --size 1024 --precision fp16 --format aotinductor \
-      --device cuda --seed 0 --batch 2 --max-batch 16 --no-verify --out "$MODELS/$m.fp16.pt2" \
-      >"$OUT/export-aoti-$m.json" 2>"$OUT/export-aoti-$m.log" &
+    aoti "$m" "$MODELS/$m.fp16.pt2" --max-batch 16 &
     pids+=($!)
+    for b in ${AOTI_STATIC:-}; do
+      aoti "$m" "$MODELS/$m.fp16.static-$b.pt2" --max-batch "$b" --static &
+      pids+=($!)
+    done
   done
   for p in "${pids[@]}"; do wait "$p" || echo "an AOTInductor export failed" | tee -a "$OUT/skipped.txt"; done
+  for m in ${AOTI_MODELS:-$MODELS_LIST}; do
+    [[ -n ${AOTI_STATIC:-} ]] || continue
+    mkdir -p "$MODELS/$m.fp16.aoti"
+    for f in "$MODELS/$m".fp16.pt2 "$MODELS/$m".fp16.static-*.pt2; do
+      [[ -s $f ]] && ln -f "$f" "$MODELS/$m.fp16.aoti/$(basename "$f")"
+    done
+  done
 }
 
 write_config() { # file format(pt|pt2|auto) budget_bytes max_batch slots delay_ms models...
-  # auto: the AOTInductor package where one was exported, else the TorchScript file
+  # auto: the directory of AOTInductor packages, else the package, else the TorchScript file
   local file=$1 want=$2 budget=$3 batch=$4 slots=$5 delay=$6 models="" format ext
   shift 6
   for m in "$@"; do
     ext=$want
-    [[ $want == auto ]] && { ext=pt; [[ -s $MODELS/$m.fp16.pt2 ]] && ext=pt2; }
+    if [[ $want == auto ]]; then
+      ext=pt
+      [[ -s $MODELS/$m.fp16.pt2 ]] && ext=pt2
+      [[ -d $MODELS/$m.fp16.aoti ]] && ext=aoti
+    fi
     format=torchscript
-    [[ $ext == pt2 ]] && format=aotinductor
+    [[ $ext == pt2 || $ext == aoti ]] && format=aotinductor
     models+="- name: $m
   source: {uri: $MODELS/$m.fp16.$ext, format: $format}
   input: {width: 1024, height: 1024, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
