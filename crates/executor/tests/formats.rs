@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gpupool_api::telemetry::ModelState;
+use gpupool_api::telemetry::{ModelState, ModelTelemetry};
 use gpupool_api::{ModelFormat, Precision};
 use gpupool_executor::Engine;
 
@@ -35,29 +35,39 @@ async fn fp16_autocast_of_an_fp32_file_is_close_to_fp32() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aotinductor_package_matches_torchscript() {
-    // Compiling a CPU package takes ~30 s once; it is cached in <target>/test-models afterwards.
-    let package = match try_export(
-        "unet_spherohq",
-        "fp32",
-        "aotinductor",
-        &["--max-batch", "4"],
-    ) {
-        Ok(p) => p,
+/// A CPU AOTInductor package of the test UNet exported with `flags` (~30 s once, then cached in
+/// <target>/test-models), or None with the reason printed when no package can be made here.
+fn unet_package(flags: &[&str], test: &str) -> Option<std::path::PathBuf> {
+    match try_export("unet_spherohq", "fp32", "aotinductor", flags) {
+        Ok(p) => Some(p),
         Err(e) => {
-            eprintln!("SKIPPED aotinductor_package_matches_torchscript: no CPU AOTInductor package could be made: {e}");
-            return;
+            eprintln!("SKIPPED {test}: no CPU AOTInductor package could be made: {e}");
+            None
         }
-    };
-    let script = torchscript("unet_spherohq");
-    let mut m = model_config("unet_aoti", &package);
+    }
+}
+
+/// An engine serving `source` (a package or a directory of them) as `name`, started and Ready.
+async fn package_engine(name: &str, source: &std::path::Path) -> (Engine, ModelTelemetry) {
+    let mut m = model_config(name, source);
     m.source.format = ModelFormat::Aotinductor;
     let engine = Engine::start(config(vec![m]), options()).unwrap();
     engine.started().await;
-    let t = engine.telemetry();
-    let model = &t.models[0];
+    let model = engine.telemetry().models.remove(0);
     assert_eq!(model.state, ModelState::Ready, "{:?}", model.reason);
+    (engine, model)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aotinductor_package_matches_torchscript() {
+    let Some(package) = unet_package(
+        &["--max-batch", "4"],
+        "aotinductor_package_matches_torchscript",
+    ) else {
+        return;
+    };
+    let script = torchscript("unet_spherohq");
+    let (engine, model) = package_engine("unet_aoti", &package).await;
     assert_eq!(
         model.batch_cap, 4,
         "the package's dynamic batch range caps the batcher"
@@ -89,28 +99,16 @@ async fn aotinductor_package_matches_torchscript() {
 /// and a lone image is padded up to the package's batch with its answer still the model's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_of_fixed_batch_packages_pads_smaller_batches() {
-    let package = match try_export(
-        "unet_spherohq",
-        "fp32",
-        "aotinductor",
+    let Some(package) = unet_package(
         &["--max-batch", "2", "--static"],
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIPPED a_directory_of_fixed_batch_packages: no CPU AOTInductor package could be made: {e}");
-            return;
-        }
+        "a_directory_of_fixed_batch_packages_pads_smaller_batches",
+    ) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(&package, dir.path().join("batch-2.pt2")).unwrap();
     let script = torchscript("unet_spherohq");
-    let mut m = model_config("unet_static", dir.path());
-    m.source.format = ModelFormat::Aotinductor;
-    let engine = Engine::start(config(vec![m]), options()).unwrap();
-    engine.started().await;
-    let t = engine.telemetry();
-    let model = &t.models[0];
-    assert_eq!(model.state, ModelState::Ready, "{:?}", model.reason);
+    let (engine, model) = package_engine("unet_static", dir.path()).await;
     assert_eq!(
         model.batch_cap, 2,
         "the package's fixed batch caps the batcher"
