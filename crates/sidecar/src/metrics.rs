@@ -35,12 +35,23 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of the segmentation stage histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Configured model name.
+    pub model: String,
+    /// `decode` (CPU), `engine` (queue, batch, device pre- and post-processing, model) or
+    /// `polygons` (CPU contours).
+    pub stage: String,
+}
+
 /// The sidecar's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram>,
+    stages: Family<StageLabels, Histogram>,
     latest: Arc<Mutex<Option<TelemetryReport>>>,
     render_lock: Mutex<()>,
 }
@@ -69,6 +80,14 @@ impl Metrics {
             "Time from request to response, by route",
             durations.clone(),
         );
+        let stages = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "gpupool_sidecar_segment_stage_duration_seconds",
+            "Where a segmentation request's time goes, by model and stage: decode, engine, polygons",
+            stages.clone(),
+        );
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(TelemetryCollector {
             latest: latest.clone(),
@@ -77,6 +96,7 @@ impl Metrics {
             registry,
             requests,
             durations,
+            stages,
             latest,
             render_lock: Mutex::new(()),
         }
@@ -95,6 +115,22 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the stages of one answered segmentation request, in seconds.
+    pub fn observe_segment(&self, model: &str, decode: f64, engine: f64, polygons: f64) {
+        for (stage, seconds) in [
+            ("decode", decode),
+            ("engine", engine),
+            ("polygons", polygons),
+        ] {
+            self.stages
+                .get_or_create(&StageLabels {
+                    model: model.to_string(),
+                    stage: stage.to_string(),
+                })
+                .observe(seconds);
+        }
     }
 
     /// The exposition text, with engine metrics taken from `report`.

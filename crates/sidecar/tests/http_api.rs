@@ -527,6 +527,7 @@ async fn concurrent_requests_share_batches_and_metrics_tell() {
         "gpupool_sidecar_gpu_memory_usage_perc",
         "vllm:num_requests_waiting",
         "gpupool_sidecar_images_total{model=\"unet_slow\"}",
+        "gpupool_sidecar_segment_stage_duration_seconds_count{model=\"unet_slow\",stage=\"engine\"} 24",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

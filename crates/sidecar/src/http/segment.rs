@@ -32,7 +32,9 @@ pub async fn segment(
     };
     let model = form.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
     let request = form.request(image, model);
-    state.pipeline.segment(request).await.map(Json)
+    let response = state.pipeline.segment(request).await?;
+    observe(&state, &response);
+    Ok(Json(response))
 }
 
 /// One entry of a batch response: the result, or why that image failed.
@@ -99,7 +101,10 @@ pub async fn batch_segment(
         .into_iter()
         .enumerate()
         .map(|(index, result)| match result {
-            Ok(r) => BatchItem::Ok(Box::new(r)),
+            Ok(r) => {
+                observe(&state, &r);
+                BatchItem::Ok(Box::new(r))
+            }
             Err(e) => BatchItem::Err {
                 success: false,
                 index,
@@ -118,4 +123,14 @@ pub async fn batch_segment(
         successful,
         results,
     }))
+}
+
+/// Records where an answered request's time went (the stage histogram of `/metrics`).
+fn observe(state: &AppState, r: &SegmentResponse) {
+    state.metrics.observe_segment(
+        &r.model_used,
+        r.preprocessing_time,
+        r.inference_time,
+        r.postprocessing_time,
+    );
 }
