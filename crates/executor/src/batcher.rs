@@ -1,6 +1,6 @@
 //! The dynamic batcher of one model: a bounded queue that async callers push into without waiting
 //! (a full queue is refused at once), and that the model's slot threads pull batches from. A batch
-//! closes when it reaches the batch cap, when it is as large as the previous batch, when its oldest
+//! closes when it reaches the batch cap, when it is as large as expected (below), when its oldest
 //! request has waited the max queue delay, or at shutdown; it is formed only when a slot is free to
 //! run it, so it grows while all slots are busy. Requests whose caller went away are dropped before
 //! they reach a slot.
@@ -155,8 +155,6 @@ struct State {
     live_slots: usize,
     target_slots: usize,
     cancelled: u64,
-    /// Size of the batch taken last.
-    last_batch: usize,
     /// How many requests the next batch should wait for (see the module doc); before any batch
     /// has run, "as many as allowed", so a queue that never ran waits out the delay like a plain
     /// delay-or-size batcher.
@@ -189,7 +187,6 @@ impl BatchQueue {
                 live_slots: 0,
                 target_slots: 0,
                 cancelled: 0,
-                last_batch: 0,
                 expected: usize::MAX,
             }),
             changed: Condvar::new(),
@@ -252,9 +249,6 @@ impl BatchQueue {
         st.purge_cancelled();
         let k = n.min(st.pending.len());
         let batch: Vec<Request> = st.pending.drain(..k).collect();
-        if k > 0 {
-            st.last_batch = k;
-        }
         let more = !st.pending.is_empty();
         drop(st);
         if more {
@@ -263,12 +257,12 @@ impl BatchQueue {
         batch
     }
 
-    /// Called by a slot when its batch is done, before the answers go out: the next batch is
-    /// expected to hold the requests about to be answered (their clients come back) plus those
-    /// that queued while it ran.
-    pub fn batch_done(&self) {
+    /// Called by a slot when its batch of `answered` requests is done, before the answers go out:
+    /// the next batch is expected to hold those requests again (their clients come back) plus the
+    /// ones that queued while it ran.
+    pub fn batch_done(&self, answered: usize) {
         let mut st = self.state.lock();
-        st.expected = st.last_batch.saturating_add(st.pending.len());
+        st.expected = answered.saturating_add(st.pending.len());
     }
 
     /// Takes every queued request (to fail them, e.g. when the model cannot load).
@@ -368,7 +362,7 @@ mod tests {
             decide(1, Duration::ZERO, 8, 5 * MS, false, 1),
             Decision::Run
         );
-        // Before the first batch (0) the same holds.
+        // Expecting nothing (0) still means one request is enough.
         assert_eq!(
             decide(1, Duration::ZERO, 8, 5 * MS, false, 0),
             Decision::Run
@@ -399,7 +393,7 @@ mod tests {
         let mut replies = Vec::new();
         push_n(&q, 1, &mut replies);
         assert_eq!(q.take(8).len(), 1);
-        q.batch_done();
+        q.batch_done(1);
         // The answered request's client sends its next one: it runs at once.
         push_n(&q, 1, &mut replies);
         let start = Instant::now();
@@ -416,7 +410,7 @@ mod tests {
         push_n(&q, 3, &mut replies);
         assert_eq!(q.take(8).len(), 3);
         push_n(&q, 3, &mut replies);
-        q.batch_done();
+        q.batch_done(3);
         // The slot comes back expecting A's three again plus B's: it waits for them...
         let waiter = std::thread::scope(|scope| {
             let waiting = scope.spawn(|| {
@@ -444,14 +438,14 @@ mod tests {
         let mut replies = Vec::new();
         push_n(&q, 4, &mut replies);
         assert_eq!(q.take(8).len(), 4);
-        q.batch_done();
+        q.batch_done(4);
         // Only two of the four clients come back: the delay closes a batch of two...
         push_n(&q, 2, &mut replies);
         let start = Instant::now();
         assert_eq!(q.wait_batch(|| (8, 30 * MS)), Next::Batch);
         assert!(start.elapsed() >= 25 * MS);
         assert_eq!(q.take(8).len(), 2);
-        q.batch_done();
+        q.batch_done(2);
         // ...and two are expected from then on.
         push_n(&q, 2, &mut replies);
         let start = Instant::now();

@@ -287,7 +287,7 @@ fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     entry.stats.record_answers(latencies);
     entry.stats.batches_total.fetch_add(1, Ordering::Relaxed);
     entry.stats.in_flight.fetch_sub(n as u64, Ordering::Relaxed);
-    entry.queue.batch_done();
+    entry.queue.batch_done(n);
     for (reply, answer) in answers {
         let _ = reply.send(answer);
     }
