@@ -163,6 +163,28 @@ pub(crate) struct Normalisation {
     pub std: [f64; 3],
 }
 
+/// A [`Normalisation`] as `[1, 3, 1, 1]` float tensors on one device: made once per slot, not
+/// uploaded again for every image.
+pub(crate) struct DeviceNormalisation {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalisation {
+    /// The normalisation's tensors on `device`.
+    pub fn on(&self, device: Device) -> Result<DeviceNormalisation, tch::TchError> {
+        let put = |v: [f64; 3]| {
+            Tensor::f_from_slice(&v.map(|x| x as f32))?
+                .f_to(device)?
+                .f_view([1, 3, 1, 1])
+        };
+        Ok(DeviceNormalisation {
+            mean: put(self.mean)?,
+            std: put(self.std)?,
+        })
+    }
+}
+
 fn resize(x: &Tensor, height: i64, width: i64) -> Result<Tensor, tch::TchError> {
     let size = x.size();
     if size[size.len() - 2..] == [height, width] {
@@ -174,13 +196,13 @@ fn resize(x: &Tensor, height: i64, width: i64) -> Result<Tensor, tch::TchError> 
 
 /// The model input for `image`: resized to `height × width` (bilinear, antialiased when
 /// shrinking, like Pillow), scaled to 0..1, grayscale repeated to three channels, normalised;
-/// `[1, 3, H, W]` float on `device`. The operations and their order are those of
-/// tests/models/reference.py, so on the same device the result is the same to the bit.
+/// `[1, 3, H, W]` float on `device` (the one `norm` lives on). The operations and their order are
+/// those of tests/models/reference.py, so on the same device the result is the same to the bit.
 pub(crate) fn to_model_input(
     image: &RawImage,
     device: Device,
     (height, width): (usize, usize),
-    norm: Normalisation,
+    norm: &DeviceNormalisation,
 ) -> Result<Tensor, tch::TchError> {
     let (h, w) = (height as i64, width as i64);
     let (chw, max) = image.upload(device)?;
@@ -190,13 +212,7 @@ pub(crate) fn to_model_input(
     } else {
         resized
     };
-    let mean = Tensor::f_from_slice(&norm.mean.map(|v| v as f32))?
-        .f_to(device)?
-        .f_view([1, 3, 1, 1])?;
-    let std = Tensor::f_from_slice(&norm.std.map(|v| v as f32))?
-        .f_to(device)?
-        .f_view([1, 3, 1, 1])?;
-    rgb.f_sub(&mean)?.f_div(&std)?.f_contiguous()
+    rgb.f_sub(&norm.mean)?.f_div(&norm.std)?.f_contiguous()
 }
 
 /// A segmented image: foreground mask and probabilities at the image's own size, row-major.
@@ -276,7 +292,13 @@ mod tests {
         // A flat 8-bit gray image of value 255 at any size: every pixel of channel c becomes
         // (1 - mean[c]) / std[c] after resizing (resizing a constant keeps it).
         let image = RawImage::new(37, 21, 1, Samples::U8(vec![255; 37 * 21])).unwrap();
-        let x = to_model_input(&image, Device::Cpu, (16, 24), IMAGENET).unwrap();
+        let x = to_model_input(
+            &image,
+            Device::Cpu,
+            (16, 24),
+            &IMAGENET.on(Device::Cpu).unwrap(),
+        )
+        .unwrap();
         assert_eq!(x.size(), [1, 3, 16, 24]);
         for c in 0..3 {
             let expected = (1.0 - IMAGENET.mean[c]) / IMAGENET.std[c];
@@ -297,7 +319,13 @@ mod tests {
             }
         }
         let image = RawImage::new(w, h, 3, Samples::U16(samples)).unwrap();
-        let x = to_model_input(&image, Device::Cpu, (4, 8), IMAGENET).unwrap();
+        let x = to_model_input(
+            &image,
+            Device::Cpu,
+            (4, 8),
+            &IMAGENET.on(Device::Cpu).unwrap(),
+        )
+        .unwrap();
         let at = |c: i64, col: i64| x.double_value(&[0, c, 0, col]);
         let norm = |v: f64, c: usize| (v - IMAGENET.mean[c]) / IMAGENET.std[c];
         assert!((at(0, 0) - norm(1.0, 0)).abs() < 1e-5);

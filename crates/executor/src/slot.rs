@@ -25,12 +25,7 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
             0
         }
     };
-    let mut stager = Stager::new(
-        shared.device,
-        stream,
-        (entry.height, entry.width),
-        entry.norm,
-    );
+    let mut stager = Stager::new(shared.device, stream, &entry);
     warm_up(&shared, &entry, &mut stager);
     if let Some(done) = warmed {
         done();

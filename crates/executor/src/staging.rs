@@ -6,9 +6,10 @@
 //! are and their masks come back at the image's size (`crate::image`).
 
 use crate::cuda::{self, ComputeDevice};
-use crate::image::{self, Normalisation, RawImage};
+use crate::image::{self, DeviceNormalisation, Normalisation, RawImage};
 use crate::model::LoadedModel;
 use crate::oom::ForwardFailure;
+use crate::state::ModelEntry;
 use std::ops::Range;
 use tch::{Kind, Tensor};
 
@@ -42,6 +43,8 @@ pub(crate) struct Stager {
     height: usize,
     width: usize,
     norm: Normalisation,
+    /// `norm` on the device, made at the first decoded image.
+    device_norm: Option<DeviceNormalisation>,
     buffers: Option<Buffers>,
     masks: Vec<Option<MaskAndProbabilities>>,
 }
@@ -55,20 +58,16 @@ fn to_i64(n: usize) -> i64 {
 }
 
 impl Stager {
-    /// Buffers for `height`×`width` images normalised by `norm`, on a stream the calling thread
-    /// made current (`stream` is its raw handle, 0 on the CPU).
-    pub fn new(
-        device: ComputeDevice,
-        stream: usize,
-        (height, width): (usize, usize),
-        norm: Normalisation,
-    ) -> Self {
+    /// Staging for `entry`'s input size and normalisation, on a stream the calling thread made
+    /// current (`stream` is its raw handle, 0 on the CPU).
+    pub fn new(device: ComputeDevice, stream: usize, entry: &ModelEntry) -> Self {
         Self {
             device,
             stream,
-            height,
-            width,
-            norm,
+            height: entry.height,
+            width: entry.width,
+            norm: entry.norm,
+            device_norm: None,
             buffers: None,
             masks: Vec::new(),
         }
@@ -99,9 +98,7 @@ impl Stager {
     }
 
     fn buffers(&mut self) -> Result<&mut Buffers, ForwardFailure> {
-        self.buffers
-            .as_mut()
-            .ok_or_else(|| ForwardFailure::Other("staging buffers not allocated".into()))
+        self.buffers.as_mut().ok_or_else(not_allocated)
     }
 
     /// Writes image `i` of the batch.
@@ -157,14 +154,15 @@ impl Stager {
         }
         let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
         let (device, stream, h, w) = (self.device, self.stream, self.height, self.width);
-        let norm = self.norm;
-        let b = self.buffers()?;
-        if range.end > b.capacity {
-            return Err(ForwardFailure::Other(format!(
-                "range {range:?} beyond staged capacity {}",
-                b.capacity
-            )));
+        if self.device_norm.is_none() {
+            self.device_norm = Some(self.norm.on(device.tch()).map_err(torch)?);
         }
+        let Some(norm) = self.device_norm.as_ref() else {
+            return Err(ForwardFailure::Other(
+                "normalisation not on the device".into(),
+            ));
+        };
+        let b = holding(&self.buffers, &range)?;
         let parts = range
             .clone()
             .map(|i| match kind_of(i) {
@@ -190,7 +188,7 @@ impl Stager {
             let item = out.f_narrow(0, to_i64(j), 1).map_err(torch)?;
             match kind_of(i) {
                 Staged::Tensor => {
-                    let b = self.buffers()?;
+                    let b = holding(&self.buffers, &(i..i + 1))?;
                     let mut host = b.output.f_narrow(0, to_i64(i), 1).map_err(other)?;
                     let flat = item.f_reshape([1, to_i64(h * w)]).map_err(torch)?;
                     cuda::tensor_copy(&mut host, &flat, device.is_cuda())
@@ -224,13 +222,7 @@ impl Stager {
     ) -> Result<(), ForwardFailure> {
         let (device, stream, h, w) = (self.device, self.stream, self.height, self.width);
         let (start, len) = (to_i64(range.start), to_i64(range.len()));
-        let b = self.buffers()?;
-        if range.end > b.capacity {
-            return Err(ForwardFailure::Other(format!(
-                "range {range:?} beyond staged capacity {}",
-                b.capacity
-            )));
-        }
+        let b = holding(&self.buffers, &range)?;
         let host_in = b.input.f_narrow(0, start, len).map_err(other)?;
         let input = if device.is_cuda() {
             host_in
@@ -253,14 +245,30 @@ impl Stager {
     /// Copies the logits of image `i` (after [`Stager::run`]).
     pub fn read(&self, i: usize) -> Result<Vec<f32>, ForwardFailure> {
         let len = self.height * self.width;
-        let b = self
-            .buffers
-            .as_ref()
-            .ok_or_else(|| ForwardFailure::Other("staging buffers not allocated".into()))?;
+        let b = holding(&self.buffers, &(i..i + 1))?;
         let mut out = vec![0f32; len];
         cuda::read_f32(&b.output, i * len, &mut out).map_err(other)?;
         Ok(out)
     }
+}
+
+fn not_allocated() -> ForwardFailure {
+    ForwardFailure::Other("staging buffers not allocated".into())
+}
+
+/// The buffers, if they are allocated and hold images `range`.
+fn holding<'a>(
+    buffers: &'a Option<Buffers>,
+    range: &Range<usize>,
+) -> Result<&'a Buffers, ForwardFailure> {
+    let b = buffers.as_ref().ok_or_else(not_allocated)?;
+    if range.end > b.capacity {
+        return Err(ForwardFailure::Other(format!(
+            "range {range:?} beyond staged capacity {}",
+            b.capacity
+        )));
+    }
+    Ok(b)
 }
 
 /// The model must answer `[n, 1, h, w]` logits (any shape with `n` rows and `h × w` per row).

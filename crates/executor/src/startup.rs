@@ -119,12 +119,7 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
         entry.source.format,
         shared.device.is_cuda(),
     );
-    let mut stager = Stager::new(
-        shared.device,
-        stream,
-        (entry.height, entry.width),
-        entry.norm,
-    );
+    let mut stager = Stager::new(shared.device, stream, entry);
     let mut points: Vec<ProfilePoint> = Vec::new();
     let mut kept: Option<Arc<Resident>> = None;
     let mut errors = Vec::new();
