@@ -9,7 +9,7 @@ use crate::state::{ModelEntry, Resident, Shared};
 use gpupool_api::telemetry::ModelState;
 use gpupool_api::Precision;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Why a model could not be made ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,28 +96,28 @@ pub(crate) fn reserve(
     exclude: &str,
     deadline: Instant,
 ) -> Result<Reservation, LoadFailure> {
-    loop {
-        if let Some(r) = shared.ledger.try_reserve(need) {
-            return Ok(r);
-        }
-        if need > shared.ledger.budget() {
-            return Err(LoadFailure::Permanent(format!(
-                "needs {need} bytes, more than the memory budget of {} bytes",
-                shared.ledger.budget()
-            )));
-        }
-        if make_room(shared, need, exclude) {
-            continue;
-        }
-        if shared.is_shutting_down() || Instant::now() >= deadline {
-            return Err(LoadFailure::Transient(format!(
-                "needs {need} bytes but only {} of the {} byte budget are free, and the models holding the rest are pinned or busy",
-                shared.ledger.budget().saturating_sub(shared.ledger.used()),
-                shared.ledger.budget()
-            )));
-        }
-        shared.ledger.wait_for_release(Duration::from_millis(50));
+    if need > shared.ledger.budget() {
+        return Err(LoadFailure::Permanent(format!(
+            "needs {need} bytes, more than the memory budget of {} bytes",
+            shared.ledger.budget()
+        )));
     }
+    // Each try unloads idle models for as long as that frees something.
+    let attempt = || loop {
+        if let Some(r) = shared.ledger.try_reserve(need) {
+            return Some(r);
+        }
+        if !make_room(shared, need, exclude) {
+            return None;
+        }
+    };
+    shared.wait_for_memory(deadline, attempt).ok_or_else(|| {
+        LoadFailure::Transient(format!(
+            "needs {need} bytes but only {} of the {} byte budget are free, and the models holding the rest are pinned or busy",
+            shared.ledger.budget().saturating_sub(shared.ledger.used()),
+            shared.ledger.budget()
+        ))
+    })
 }
 
 /// Loads `entry` at `precision` with its weights reserved (not yet recorded as loaded).

@@ -69,16 +69,8 @@ fn warm_up(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     let started = Instant::now();
     let deadline = started + shared.options.memory_wait;
     for (n, &cost) in (1..=largest).zip(&costs) {
-        let room = loop {
-            if let Some(room) = shared.ledger.try_reserve(cost) {
-                break Some(room);
-            }
-            if shared.is_shutting_down() || Instant::now() >= deadline {
-                break None;
-            }
-            shared.ledger.wait_for_release(Duration::from_millis(50));
-        };
-        let Some(_room) = room else {
+        let Some(_room) = shared.wait_for_memory(deadline, || shared.ledger.try_reserve(cost))
+        else {
             tracing::warn!(model = %entry.name, batch = n, "no memory to warm up this batch size and larger ones; their first batches will autotune");
             return;
         };
@@ -148,20 +140,19 @@ fn admit<'a>(
                     .max()
                     .unwrap_or(0);
                 let need = cost(requests.len()).saturating_add(scratch);
-                while !reservation.resize(need) {
-                    if shared.is_shutting_down() || Instant::now() >= deadline {
-                        let error = InferError::ModelNotReady {
-                            model: entry.name.clone(),
-                            reason: format!(
-                                "no memory within {:?} for a batch of {} with its image processing ({need} bytes)",
-                                shared.options.memory_wait,
-                                requests.len()
-                            ),
-                        };
-                        fail_all(entry, requests, &error);
-                        return None;
-                    }
-                    shared.ledger.wait_for_release(Duration::from_millis(50));
+                let resized =
+                    shared.wait_for_memory(deadline, || reservation.resize(need).then_some(()));
+                if resized.is_none() {
+                    let error = InferError::ModelNotReady {
+                        model: entry.name.clone(),
+                        reason: format!(
+                            "no memory within {:?} for a batch of {} with its image processing ({need} bytes)",
+                            shared.options.memory_wait,
+                            requests.len()
+                        ),
+                    };
+                    fail_all(entry, requests, &error);
+                    return None;
                 }
                 return Some((in_use, reservation, requests));
             }

@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// A model on the device together with the ledger bytes its weights hold; both go when the last
@@ -239,6 +239,24 @@ impl Shared {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Tries `attempt` until it gives a value, waiting for ledger releases in between: the one way
+    /// the engine waits for memory. `None` once shutdown begins or `deadline` passes.
+    pub fn wait_for_memory<T>(
+        &self,
+        deadline: Instant,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            if let Some(value) = attempt() {
+                return Some(value);
+            }
+            if self.is_shutting_down() || Instant::now() >= deadline {
+                return None;
+            }
+            self.ledger.wait_for_release(Duration::from_millis(50));
+        }
     }
 
     /// Starts a named engine thread that shutdown will wait for; refused once shutdown has begun.
