@@ -76,10 +76,7 @@ pub(crate) fn load(
     device: ComputeDevice,
     runners: usize,
 ) -> Result<(Vec<Bucket>, FileFacts, u64), String> {
-    let cuda_device = match device {
-        ComputeDevice::Cpu => None,
-        ComputeDevice::Cuda(i) => Some(i),
-    };
+    let cuda_device = device.cuda_index();
     let mut buckets = Vec::new();
     let mut facts: Option<FileFacts> = None;
     let mut bytes = 0u64;

@@ -97,11 +97,9 @@ impl Engine {
                     device: device.to_string(),
                     message: e.to_string(),
                 })?;
-        let probe: Option<Arc<dyn DeviceProbe>> = options.probe.clone().or_else(|| match device {
-            ComputeDevice::Cuda(i) => {
-                NvmlProbe::open(i).map(|p| Arc::new(p) as Arc<dyn DeviceProbe>)
-            }
-            ComputeDevice::Cpu => None,
+        let probe: Option<Arc<dyn DeviceProbe>> = options.probe.clone().or_else(|| {
+            let nvml = NvmlProbe::open(device.cuda_index()?)?;
+            Some(Arc::new(nvml) as Arc<dyn DeviceProbe>)
         });
         tracing::info!(%device, budget = config.memory_budget_bytes, ?fraction, nvml = probe.is_some(), "starting engine");
         let queue_capacity = config.admission.max_queue_per_model as usize;
@@ -234,7 +232,7 @@ impl Engine {
             Job::Segment { image, .. } => {
                 // An image whose processing alone can never fit the budget is refused now, not
                 // after waiting in the queue for memory that will not come.
-                let scratch = job.scratch_bytes(entry.height * entry.width);
+                let scratch = entry.scratch_bytes(&job);
                 let one = entry
                     .batch_costs(entry.target_precision(), 1, &s.options)
                     .first()

@@ -136,7 +136,7 @@ fn admit<'a>(
                 // resized back: the largest one's, as images are processed one at a time.
                 let scratch = requests
                     .iter()
-                    .map(|r| r.job.scratch_bytes(entry.height * entry.width))
+                    .map(|r| entry.scratch_bytes(&r.job))
                     .max()
                     .unwrap_or(0);
                 let need = cost(requests.len()).saturating_add(scratch);

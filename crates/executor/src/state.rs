@@ -6,7 +6,7 @@
 //! into the ledger (which drops or takes reservations) while holding a runtime lock.
 
 use crate::admission::{Ledger, Reservation};
-use crate::batcher::BatchQueue;
+use crate::batcher::{BatchQueue, Job};
 use crate::calibration;
 use crate::circuit::{Circuit, StopSignal};
 use crate::config::{EngineOptions, LiveSettings};
@@ -108,6 +108,11 @@ impl ModelEntry {
     /// Floats in one input image (3 × H × W).
     pub fn image_len(&self) -> usize {
         3 * self.height * self.width
+    }
+
+    /// Device memory a job's own pre- and post-processing needs beyond the batch's peak.
+    pub fn scratch_bytes(&self, job: &Job) -> u64 {
+        job.scratch_bytes(self.height * self.width)
     }
 
     /// Recomputes the lock-free copies of the batch cap and delay from settings and runtime.

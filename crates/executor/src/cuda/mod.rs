@@ -58,6 +58,14 @@ impl ComputeDevice {
         matches!(self, ComputeDevice::Cuda(_))
     }
 
+    /// The CUDA device's index; `None` on the CPU.
+    pub fn cuda_index(self) -> Option<usize> {
+        match self {
+            ComputeDevice::Cpu => None,
+            ComputeDevice::Cuda(i) => Some(i),
+        }
+    }
+
     /// Takes a stream from the pool and makes it current on the calling thread (the thread's
     /// execution slot then queues all its work there). Returns the raw stream handle; 0 on the CPU.
     pub fn acquire_stream(self) -> Result<usize, ShimError> {
