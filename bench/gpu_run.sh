@@ -144,7 +144,9 @@ sidecar() { # config: starts the sidecar on :8080 and waits until it is ready
 stop_sidecar() { kill -TERM "$SIDECAR_PID"; wait "$SIDECAR_PID"; checkpoint; }
 
 smoke() { # one sidecar on the TorchScript files, both test images
-  sidecar "$1"
+  write_config "$WORK/smoke.yaml" pt $ROOMY 4 1 4 $MODELS_LIST
+  cp "$WORK/smoke.yaml" "$OUT/"
+  sidecar "$WORK/smoke.yaml"
   for img in square spheroids; do
     $PY bench/gpu_smoke.py --url http://127.0.0.1:8080 --models-dir "$MODELS" --image "$WORK/$img.png" \
       --precision fp16 --out "$OUT/smoke-$img.json" >>"$OUT/smoke.log" 2>&1 || echo "smoke $img: below the bar" | tee -a "$OUT/skipped.txt"
@@ -215,9 +217,7 @@ final() {
   # is timed until they are done.
   export_aoti &
   local compiling=$!
-  write_config "$WORK/smoke.yaml" pt $ROOMY 4 1 4 $MODELS_LIST
-  cp "$WORK/smoke.yaml" "$OUT/"
-  smoke "$WORK/smoke.yaml"
+  smoke
   wait $compiling
   checkpoint
   write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 2 8 $MODELS_LIST
@@ -232,9 +232,7 @@ case "$PHASE" in
 smoke)
   export_ts fp16 fp32
   images
-  write_config "$WORK/smoke.yaml" pt $ROOMY 4 1 4 $MODELS_LIST
-  cp "$WORK/smoke.yaml" "$OUT/"
-  smoke "$WORK/smoke.yaml"
+  smoke
   ;;
 compiled) compiled ;;
 final) final ;;
