@@ -264,6 +264,11 @@ mod tests {
         std: [0.229, 0.224, 0.225],
     };
 
+    /// The model input for `image` at `size`, computed on the CPU with ImageNet normalisation.
+    fn on_cpu(image: &RawImage, size: (usize, usize)) -> Tensor {
+        to_model_input(image, Device::Cpu, size, &IMAGENET.on(Device::Cpu).unwrap()).unwrap()
+    }
+
     #[test]
     fn raw_images_are_checked() {
         assert_eq!(
@@ -292,13 +297,7 @@ mod tests {
         // A flat 8-bit gray image of value 255 at any size: every pixel of channel c becomes
         // (1 - mean[c]) / std[c] after resizing (resizing a constant keeps it).
         let image = RawImage::new(37, 21, 1, Samples::U8(vec![255; 37 * 21])).unwrap();
-        let x = to_model_input(
-            &image,
-            Device::Cpu,
-            (16, 24),
-            &IMAGENET.on(Device::Cpu).unwrap(),
-        )
-        .unwrap();
+        let x = on_cpu(&image, (16, 24));
         assert_eq!(x.size(), [1, 3, 16, 24]);
         for c in 0..3 {
             let expected = (1.0 - IMAGENET.mean[c]) / IMAGENET.std[c];
@@ -319,13 +318,7 @@ mod tests {
             }
         }
         let image = RawImage::new(w, h, 3, Samples::U16(samples)).unwrap();
-        let x = to_model_input(
-            &image,
-            Device::Cpu,
-            (4, 8),
-            &IMAGENET.on(Device::Cpu).unwrap(),
-        )
-        .unwrap();
+        let x = on_cpu(&image, (4, 8));
         let at = |c: i64, col: i64| x.double_value(&[0, c, 0, col]);
         let norm = |v: f64, c: usize| (v - IMAGENET.mean[c]) / IMAGENET.std[c];
         assert!((at(0, 0) - norm(1.0, 0)).abs() < 1e-5);
