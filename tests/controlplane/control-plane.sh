@@ -72,6 +72,7 @@ cmd_build() {
   cmd_install
   local k8s="$SRC_ROOT/src/k8s.io/kubernetes"
   export GOPATH="$SRC_ROOT" GO111MODULE=off GOFLAGS= GOCACHE="$CACHE/go-build-cache"
+  local caller_dir=$PWD # `up DIR` resolves a relative DIR after this build
   cd "$k8s"
   # reflect2 1.0.1 crashes Go >= 1.18 builds on the first custom resource; Debian has 1.0.2.
   if ! grep -q 'Go 1.18' vendor/github.com/modern-go/reflect2/go_above_118.go 2>/dev/null \
@@ -104,6 +105,11 @@ cmd_build() {
     go build -ldflags "$ldflags" -o "$BIN_DIR/$c.tmp" "./cmd/$c"
     mv "$BIN_DIR/$c.tmp" "$BIN_DIR/$c"
   done
+  # The binaries are the cache; the Go build cache and the source tree (about 2 GB) only served
+  # this build, and disk is what CI machines run short of.
+  log "removing the Go build cache and the Kubernetes source"
+  cd "$caller_dir"
+  rm -rf "$GOCACHE" "$SRC_ROOT"
 }
 
 free_port() {

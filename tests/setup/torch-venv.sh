@@ -13,8 +13,9 @@ fi
 mkdir -p "$CACHE"
 PY="${PYTHON:-python3}"
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q --no-cache-dir --upgrade pip
 # shellcheck disable=SC2086
-"$VENV/bin/python" -m pip install -q $REQS
+# --no-cache-dir: the venv is the cache; a second copy of the CUDA wheels would cost GBs of disk.
+"$VENV/bin/python" -m pip install -q --no-cache-dir $REQS
 echo "$REQS" > "$STAMP"
 echo "torch venv ready at $VENV"
