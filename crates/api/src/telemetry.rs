@@ -5,6 +5,11 @@ use crate::model::Precision;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Content type of the `/metrics` pages both processes serve (OpenMetrics text, as the
+/// prometheus-client encoder writes it), so operator and sidecar cannot drift apart.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// `kind` of the telemetry document.
 pub const TELEMETRY_KIND: &str = "SidecarTelemetry";
 

@@ -7,6 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use gpupool_api::telemetry::TelemetryReport;
+use gpupool_api::telemetry::OPENMETRICS_CONTENT_TYPE;
 
 /// Liveness: the process answers.
 pub async fn healthz() -> &'static str {
@@ -30,10 +31,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     match state.metrics.render(&report) {
         Ok(text) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
             text,
         )
             .into_response(),

@@ -6,6 +6,7 @@
 //! - [`polygons_from_mask`]: the engine's mask to the response's polygons.
 //! - [`mask_png`]: the mask as a PNG, for clients that want the pixels.
 
+mod components;
 mod contours;
 pub mod decode;
 pub mod geometry;
