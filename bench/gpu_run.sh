@@ -12,13 +12,17 @@
 #                                    the packages with a 22 GiB budget and the three models
 #                                    resident, the engine alone per model over 1-32 clients and the
 #                                    4/2/2 mix, HTTP end to end per model and mixed; baseline (c)
+#   bash bench/gpu_run.sh prepare    final's first half: exports, and the smoke while packages compile
+#   bash bench/gpu_run.sh measure    final's second half, on the exports `prepare` left in
+#                                    /tmp/gpupool-gpu (chain the two calls: the machine keeps /tmp
+#                                    only while it stays held)
 #   bash bench/gpu_run.sh smoke      the sidecar smoke against PyTorch alone (about 3 minutes)
 #   bash bench/gpu_run.sh baselines  Python baselines a, b, c, d on the same TorchScript files
 # Results go to $OUT (the device tool brings them back) as results.tgz, re-packed after every step
 # so a call cut short by its time limit still returns what it measured. Files already exported in
 # /tmp/gpupool-gpu (an earlier call on the same machine) are reused.
 set -uo pipefail
-PHASE=${1:?smoke|compiled|final|baselines}
+PHASE=${1:?smoke|prepare|measure|final|compiled|baselines}
 LIMIT_S=${LIMIT_S:-570}
 WORK=/tmp/gpupool-gpu; MODELS=$WORK/models; mkdir -p "$MODELS"
 # The device tool brings back at most 8 files: results are collected in one folder and packed.
@@ -209,17 +213,26 @@ compiled() {
     hrnet hrnet hrnet hrnet cbam_resunet cbam_resunet unet_spherohq unet_spherohq
 }
 
-final() {
+# Exports (TorchScript now, the AOTInductor packages in the background: CPU work) and the smoke
+# against PyTorch meanwhile; nothing is timed until the packages are done.
+prepare() {
   export_ts fp16 fp32
   images
   checkpoint
-  # The packages compile in the background (CPU work) while the smoke checks correctness; nothing
-  # is timed until they are done.
   export_aoti &
   local compiling=$!
   smoke
   wait $compiling
   checkpoint
+}
+
+# On the packages (exported first if missing), with a 22 GiB budget and the three models
+# resident: the engine alone per model over 1-32 clients and the 4/2/2 mix, HTTP end to end per
+# model and mixed, then baseline (c).
+measure() {
+  export_ts fp16
+  export_aoti
+  [[ -s $WORK/spheroids.png ]] || images
   write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 2 8 $MODELS_LIST
   cp "$WORK/budget22.yaml" "$OUT/"
   have_time 170 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
@@ -235,7 +248,9 @@ smoke)
   smoke
   ;;
 compiled) compiled ;;
-final) final ;;
+prepare) prepare ;;
+measure) measure ;;
+final) prepare; measure ;;
 baselines)
   export_ts fp16 fp32 bf16
   baselines "${MODES:-a,b,c,d}" fp16:8,fp16:16,bf16:8,bf16:16,autocast:8,autocast:16,fp32:8,fp32:16 "${SECONDS_PER:-4}"
