@@ -88,6 +88,15 @@ pub(crate) struct Pick {
     pub resident: bool,
 }
 
+impl Pick {
+    /// The smallest configuration (batch 1, one slot, resident): where every search starts.
+    const SMALLEST: Pick = Pick {
+        batch: 1,
+        slots: 1,
+        resident: true,
+    };
+}
+
 /// A plan found by the search.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Outcome {
@@ -197,14 +206,7 @@ fn resident_search(models: &[SearchModel<'_>], budget_bytes: u64) -> Option<Outc
     if cost == UNREACHABLE {
         return None;
     }
-    let mut picks = vec![
-        Pick {
-            batch: 1,
-            slots: 1,
-            resident: true
-        };
-        models.len()
-    ];
+    let mut picks = vec![Pick::SMALLEST; models.len()];
     let mut u = width;
     for (m, list) in lists.iter().enumerate().rev() {
         let c = list[usize::from(choices[m][u])];
@@ -241,14 +243,7 @@ fn fallback_masks(unpinned: usize) -> Vec<u32> {
 }
 
 fn fallback_picks(models: &[SearchModel<'_>], unpinned: &[usize], mask: u32) -> Vec<Pick> {
-    let mut picks = vec![
-        Pick {
-            batch: 1,
-            slots: 1,
-            resident: true
-        };
-        models.len()
-    ];
+    let mut picks = vec![Pick::SMALLEST; models.len()];
     // Bit 0 is the last unpinned model, so lower masks unload later models first.
     for (bit, &m) in unpinned.iter().rev().enumerate() {
         if mask & (1 << bit) != 0 {
