@@ -34,37 +34,81 @@ impl FileFacts {
     }
 }
 
-/// Checks that a model file exists and reads its self-description (TorchScript: the
-/// `gpupool.json` extra file, if any; AOTInductor packages, a file or a directory of them, are
-/// described after loading).
+/// Checks that a model file exists and reads its self-description without loading it: the
+/// `gpupool.json` extra file of a TorchScript archive, the metadata of an AOTInductor package, or
+/// of every package in a directory of them (which must agree on precision).
 pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("model file {path}: {e}"))?;
     if format == ModelFormat::Aotinductor && meta.is_dir() {
-        buckets::package_files(path)?;
-        return Ok(FileFacts::default());
+        let mut combined: Option<FileFacts> = None;
+        for file in buckets::package_files(path)? {
+            let these = package_facts(&file)?;
+            match &mut combined {
+                None => combined = Some(these),
+                Some(first) if first.precision != these.precision => {
+                    return Err(format!(
+                        "packages in {path} disagree on precision ({:?} and {:?} in {file})",
+                        first.precision, these.precision
+                    ))
+                }
+                Some(first) => first.max_batch = first.max_batch.max(these.max_batch),
+            }
+        }
+        return Ok(combined.unwrap_or_default());
     }
     if !meta.is_file() {
         return Err(format!("model file {path} is not a regular file"));
     }
     if format == ModelFormat::Aotinductor {
-        return Ok(FileFacts::default());
+        return package_facts(path);
     }
-    let json = match cuda::torchscript_extra_file(path, "gpupool.json") {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Ok(FileFacts::default()),
-        Err(e) => {
-            return Err(format!(
-                "model file {path} is not a readable TorchScript archive: {e}"
-            ))
-        }
+    match cuda::torchscript_extra_file(path, "gpupool.json") {
+        Ok(Some(json)) => Ok(facts_from_json(&json)),
+        Ok(None) => Ok(FileFacts::default()),
+        Err(e) => Err(format!(
+            "model file {path} is not a readable TorchScript archive: {e}"
+        )),
+    }
+}
+
+/// Suffix of the archive entry in which torch records a package's compile-time metadata.
+const PACKAGE_METADATA_SUFFIX: &str = "wrapper_metadata.json";
+
+/// What an AOTInductor package says about itself, read from its archive (a zip file holding the
+/// metadata it was compiled with as JSON) without loading its shared library: `auto` precision
+/// must know a package's precision before choosing what to load.
+fn package_facts(path: &str) -> Result<FileFacts, String> {
+    use std::io::Read;
+    let not_a_package = |e: &dyn std::fmt::Display| {
+        format!("model file {path} is not a readable AOTInductor package: {e}")
     };
-    let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
-    Ok(FileFacts::from_lookup(|key| {
+    let file = std::fs::File::open(path).map_err(|e| format!("model file {path}: {e}"))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| not_a_package(&e))?;
+    let entry = archive
+        .file_names()
+        .find(|n| n.ends_with(PACKAGE_METADATA_SUFFIX))
+        .map(str::to_owned);
+    let Some(entry) = entry else {
+        return Ok(FileFacts::default());
+    };
+    let mut json = Vec::new();
+    archive
+        .by_name(&entry)
+        .map_err(|e| not_a_package(&e))?
+        .read_to_end(&mut json)
+        .map_err(|e| not_a_package(&e))?;
+    Ok(facts_from_json(&json))
+}
+
+/// Facts from a JSON object of string (or number) values; anything unreadable counts as absent.
+fn facts_from_json(json: &[u8]) -> FileFacts {
+    let value: serde_json::Value = serde_json::from_slice(json).unwrap_or(serde_json::Value::Null);
+    FileFacts::from_lookup(|key| {
         value.get(key).map(|v| match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         })
-    }))
+    })
 }
 
 enum Runner {
@@ -233,5 +277,61 @@ mod tests {
     fn missing_file_is_a_clear_error() {
         let err = inspect("/nonexistent/model.pt", ModelFormat::Torchscript).unwrap_err();
         assert!(err.contains("/nonexistent/model.pt"), "{err}");
+    }
+
+    /// Writes a zip laid out like a package: the compiled library and the metadata JSON.
+    fn package(path: &Path, metadata: &str) {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let stored =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("m/data/aotinductor/model/abc.wrapper.so", stored)
+            .unwrap();
+        zip.write_all(b"\x7fELF").unwrap();
+        zip.start_file("m/data/aotinductor/model/abc.wrapper_metadata.json", stored)
+            .unwrap();
+        zip.write_all(metadata.as_bytes()).unwrap();
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn package_metadata_is_read_without_loading_so_auto_knows_the_precision() {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dir.path().join("dynamic.pt2");
+        let fixed = dir.path().join("fixed-8.pt2");
+        package(
+            &dynamic,
+            r#"{"precision": "fp16", "size": "1024", "max_batch": "16"}"#,
+        );
+        package(
+            &fixed,
+            r#"{"precision": "fp16", "size": "1024", "max_batch": "8", "static": "true"}"#,
+        );
+        let aoti = ModelFormat::Aotinductor;
+        let facts = inspect(fixed.to_str().unwrap(), aoti).unwrap();
+        assert_eq!(
+            facts,
+            FileFacts {
+                precision: Some(Precision::Fp16),
+                size: Some(1024),
+                max_batch: Some(8)
+            }
+        );
+        let all = inspect(dir.path().to_str().unwrap(), aoti).unwrap();
+        assert_eq!(
+            (all.precision, all.max_batch),
+            (Some(Precision::Fp16), Some(16))
+        );
+        assert_eq!(
+            precision::candidates(Precision::Auto, all.precision, aoti, true),
+            [Precision::Fp16],
+            "auto runs a package at the precision it was compiled for"
+        );
+        package(&fixed, r#"{"precision": "bf16", "max_batch": "8"}"#);
+        let err = inspect(dir.path().to_str().unwrap(), aoti).unwrap_err();
+        assert!(err.contains("disagree on precision"), "{err}");
+        std::fs::write(&fixed, b"not a zip").unwrap();
+        let err = inspect(fixed.to_str().unwrap(), aoti).unwrap_err();
+        assert!(err.contains("not a readable AOTInductor package"), "{err}");
     }
 }

@@ -35,10 +35,15 @@ async fn fp16_autocast_of_an_fp32_file_is_close_to_fp32() {
     engine.shutdown().await;
 }
 
-/// A CPU AOTInductor package of the test UNet exported with `flags` (~30 s once, then cached in
-/// <target>/test-models), or None with the reason printed when no package can be made here.
+/// A CPU AOTInductor package of the test UNet exported at fp32 with `flags` (~30 s once, then
+/// cached in <target>/test-models), or None with the reason printed when none can be made here.
 fn unet_package(flags: &[&str], test: &str) -> Option<std::path::PathBuf> {
-    match try_export("unet_spherohq", "fp32", "aotinductor", flags) {
+    unet_package_at("fp32", flags, test)
+}
+
+/// [`unet_package`] at another precision.
+fn unet_package_at(precision: &str, flags: &[&str], test: &str) -> Option<std::path::PathBuf> {
+    match try_export("unet_spherohq", precision, "aotinductor", flags) {
         Ok(p) => Some(p),
         Err(e) => {
             eprintln!("SKIPPED {test}: no CPU AOTInductor package could be made: {e}");
@@ -92,6 +97,28 @@ async fn aotinductor_package_matches_torchscript() {
         let diff = max_abs_diff(&got, want);
         assert!(diff < 1e-4, "package differs from TorchScript by {diff}");
     }
+    engine.shutdown().await;
+}
+
+/// `auto` precision on a package compiled at bf16: the engine reads the package's precision from
+/// its archive before loading, runs it at that precision and says so in telemetry (a package runs
+/// only at the precision it was compiled for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_precision_runs_a_package_at_its_compiled_precision() {
+    let test = "auto_precision_runs_a_package_at_its_compiled_precision";
+    let Some(package) = unet_package_at("bf16", &["--max-batch", "2"], test) else {
+        return;
+    };
+    let (engine, model) = package_engine("unet_bf16", &package).await;
+    assert_eq!(model.precision, Precision::Bf16);
+    let script = torchscript("unet_spherohq");
+    let expected = direct(&script, &[image(3)]);
+    let got = engine.infer("unet_bf16", image(3)).await.unwrap();
+    let diff = max_abs_diff(&got, &expected[0]);
+    assert!(
+        diff < 0.1,
+        "bf16 package differs from fp32 TorchScript by {diff}"
+    );
     engine.shutdown().await;
 }
 
