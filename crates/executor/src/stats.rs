@@ -100,12 +100,17 @@ impl LatencyWindow {
             .map(|(_, l)| l.as_secs_f64() * 1e3)
             .collect();
         ms.sort_by(f64::total_cmp);
-        let elapsed = now
-            .saturating_duration_since(self.started)
-            .min(self.span)
-            .as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            ms.len() as f64 / elapsed
+        // The samples cover the whole span (or the time since start), unless the count bound
+        // evicted some younger than the span: then only the time since the oldest one kept.
+        let covered = match self.samples.front() {
+            Some((oldest, _)) if self.samples.len() >= WINDOW_CAPACITY => {
+                now.saturating_duration_since(*oldest)
+            }
+            _ => now.saturating_duration_since(self.started).min(self.span),
+        }
+        .as_secs_f64();
+        let rate = if covered > 0.0 {
+            ms.len() as f64 / covered
         } else {
             0.0
         };
@@ -155,5 +160,28 @@ mod tests {
         w.push(start + Duration::from_secs(11), Duration::from_millis(7));
         let (p50, p99, _) = w.summary(start + Duration::from_secs(11));
         assert_eq!((p50, p99), (7.0, 7.0));
+    }
+
+    #[test]
+    fn the_rate_holds_beyond_the_sample_bound() {
+        // 1000 answers a second for 10 s: more than the window keeps, so the rate must come from
+        // the time the kept samples cover, not from the whole span.
+        let start = Instant::now();
+        let mut w = LatencyWindow::new(Duration::from_secs(30));
+        for i in 0..10_000u64 {
+            w.push(start + Duration::from_millis(i), Duration::from_millis(3));
+        }
+        let (_, _, rate) = w.summary(start + Duration::from_secs(10));
+        assert!((rate - 1000.0).abs() < 10.0, "{rate}");
+        // Below the bound, the span (here the 10 s since start) is the divisor.
+        let mut w = LatencyWindow::new(Duration::from_secs(30));
+        for i in 0..500u64 {
+            w.push(
+                start + Duration::from_millis(20 * i),
+                Duration::from_millis(3),
+            );
+        }
+        let (_, _, rate) = w.summary(start + Duration::from_secs(10));
+        assert!((rate - 50.0).abs() < 1.0, "{rate}");
     }
 }
