@@ -299,10 +299,10 @@ impl BatchQueue {
         spawn
     }
 
-    /// A slot thread that was counted by [`BatchQueue::set_target_slots`] could not start.
-    pub fn slot_failed_to_start(&self) {
+    /// `count` slot threads that were counted by [`BatchQueue::set_target_slots`] did not start.
+    pub fn slots_failed_to_start(&self, count: usize) {
         let mut st = self.state.lock();
-        st.live_slots = st.live_slots.saturating_sub(1);
+        st.live_slots = st.live_slots.saturating_sub(count);
     }
 
     /// Slot threads running now.

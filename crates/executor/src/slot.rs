@@ -140,19 +140,25 @@ fn admit<'a>(
                     .max()
                     .unwrap_or(0);
                 let need = cost(requests.len()).saturating_add(scratch);
-                let resized =
-                    shared.wait_for_memory(deadline, || reservation.resize(need).then_some(()));
-                if resized.is_none() {
-                    let error = InferError::ModelNotReady {
-                        model: entry.name.clone(),
-                        reason: format!(
-                            "no memory within {:?} for a batch of {} with its image processing ({need} bytes)",
-                            shared.options.memory_wait,
-                            requests.len()
-                        ),
-                    };
-                    fail_all(entry, requests, &error);
-                    return None;
+                if !reservation.resize(need) {
+                    // Wait for the whole amount holding none of it: two slots that each held
+                    // their batch while waiting for the other's could only time out together.
+                    drop(reservation);
+                    match shared.wait_for_memory(deadline, || shared.ledger.try_reserve(need)) {
+                        Some(whole) => reservation = whole,
+                        None => {
+                            let error = InferError::ModelNotReady {
+                                model: entry.name.clone(),
+                                reason: format!(
+                                    "no memory within {:?} for a batch of {} with its image processing ({need} bytes)",
+                                    shared.options.memory_wait,
+                                    requests.len()
+                                ),
+                            };
+                            fail_all(entry, requests, &error);
+                            return None;
+                        }
+                    }
                 }
                 return Some((in_use, reservation, requests));
             }

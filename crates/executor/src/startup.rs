@@ -91,7 +91,8 @@ pub(crate) fn start_slots(
         let (s, e) = (Arc::clone(shared), Arc::clone(entry));
         let name = format!("gpupool-{}-{i}", entry.name);
         if let Err(err) = shared.spawn(name, move || slot::run(s, e, warmed)) {
-            entry.queue.slot_failed_to_start();
+            // This one and the ones after it, which will not be tried, were counted.
+            entry.queue.slots_failed_to_start(spawn - i);
             if let Some(l) = latch {
                 *l.0.lock() -= 1;
             }
