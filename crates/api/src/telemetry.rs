@@ -129,6 +129,10 @@ pub struct ModelTelemetry {
     pub name: String,
     /// Current state.
     pub state: ModelState,
+    /// Whether requests for the model are served now: calibrated and serving, including while
+    /// unloaded to make room or being loaded again on demand (requests wait in its queue).
+    #[serde(default)]
+    pub ready: bool,
     /// Why the model is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -152,6 +156,10 @@ pub struct ModelTelemetry {
     pub rejected_total: u64,
     /// CUDA out-of-memory errors recovered from since start.
     pub oom_events_total: u64,
+    /// Requests answered with an error after they were queued (the model failed to load, no
+    /// memory within the wait, a forward pass failed) since start.
+    #[serde(default)]
+    pub failed_total: u64,
     /// Median time from enqueue to result over the recent window, milliseconds.
     pub latency_p50_ms: f64,
     /// 99th percentile of the same, milliseconds.

@@ -288,7 +288,8 @@ impl Engine {
         telemetry::report(&self.shared)
     }
 
-    /// Whether start-up has finished and every model is calibrated and serving (readiness probe).
+    /// Whether start-up has finished and at least one model is calibrated and serving (the
+    /// readiness probe; a failed model is reported per model, see [`Engine::model_ready`]).
     pub fn ready(&self) -> bool {
         telemetry::engine_is_ready(&self.shared)
     }

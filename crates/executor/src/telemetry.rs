@@ -13,21 +13,28 @@ fn saturating_u32(n: impl TryInto<u32>) -> u32 {
     n.try_into().unwrap_or(u32::MAX)
 }
 
-/// Whether a model counts as ready: calibrated and serving (loaded, or unloaded to make room and
-/// loaded again on demand).
+/// Whether a model counts as ready: calibrated and serving (loaded; unloaded to make room, to be
+/// loaded again on demand; or being loaded again now: its requests wait in the queue meanwhile).
 pub(crate) fn model_is_ready(shared: &Shared, entry: &ModelEntry) -> bool {
     !shared.is_shutting_down()
         && entry.serving.load(Ordering::SeqCst)
-        && matches!(entry.state().0, ModelState::Ready | ModelState::Unloaded)
+        && matches!(
+            entry.state().0,
+            ModelState::Ready | ModelState::Unloaded | ModelState::Loading
+        )
 }
 
-/// Whether the engine is ready: start-up finished and every model ready.
+/// Whether the engine is ready (the pod's readiness): start-up finished and at least one model
+/// ready. A model that failed (a missing or corrupt file) is not ready on its own, with its
+/// reason in telemetry, and does not take the other models out of the Service with it: every
+/// replica has the same files, so an all-or-nothing readiness would stop the whole pool.
 pub(crate) fn engine_is_ready(shared: &Shared) -> bool {
     shared.startup_done.load(Ordering::SeqCst)
-        && shared.models.iter().all(|m| model_is_ready(shared, m))
+        && shared.models.iter().any(|m| model_is_ready(shared, m))
 }
 
-fn model_telemetry(entry: &ModelEntry) -> ModelTelemetry {
+fn model_telemetry(shared: &Shared, entry: &ModelEntry) -> ModelTelemetry {
+    let ready = model_is_ready(shared, entry);
     let settings = entry.settings.read().clone();
     let (state, reason, profile, weights_bytes, chosen) = {
         let rt = entry.runtime.lock();
@@ -54,6 +61,7 @@ fn model_telemetry(entry: &ModelEntry) -> ModelTelemetry {
     ModelTelemetry {
         name: entry.name.clone(),
         state,
+        ready,
         reason,
         precision,
         batch_cap: saturating_u32(entry.batch_cap()),
@@ -65,6 +73,7 @@ fn model_telemetry(entry: &ModelEntry) -> ModelTelemetry {
         batches_total: s.batches_total.load(Ordering::Relaxed),
         rejected_total: s.rejected_total.load(Ordering::Relaxed),
         oom_events_total: s.oom_events_total.load(Ordering::Relaxed),
+        failed_total: s.failed_total.load(Ordering::Relaxed),
         latency_p50_ms: p50,
         latency_p99_ms: p99,
         images_per_second: rate,
@@ -89,6 +98,10 @@ pub(crate) fn report(shared: &Shared) -> TelemetryReport {
             budget_bytes: shared.ledger.budget(),
             admitted_bytes: shared.ledger.used(),
         },
-        models: shared.models.iter().map(|m| model_telemetry(m)).collect(),
+        models: shared
+            .models
+            .iter()
+            .map(|m| model_telemetry(shared, m))
+            .collect(),
     }
 }

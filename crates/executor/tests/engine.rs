@@ -90,8 +90,12 @@ async fn missing_and_corrupt_files_fail_only_their_model() {
         model_config("corrupt", &corrupt),
     ]);
     let engine = started(cfg, options()).await;
-    assert!(!engine.ready(), "a failed model keeps the pod unready");
+    assert!(
+        engine.ready(),
+        "failed models leave the pod serving the good one"
+    );
     assert!(engine.model_ready("good"));
+    assert!(!engine.model_ready("missing") && !engine.model_ready("corrupt"));
     let t = engine.telemetry();
     for (name, path) in [("missing", &missing), ("corrupt", &corrupt)] {
         let m = t.models.iter().find(|m| m.name == name).unwrap();

@@ -279,8 +279,10 @@ fn pod_spec(pool: &InferencePool, defaults: &PodDefaults) -> PodSpec {
             env: Some(env()),
             resources: Some(resources(pool)),
             volume_mounts: Some(mounts),
-            // Loading and calibrating models takes a while; liveness starts once it is done.
-            startup_probe: Some(probe("/healthz", 5, 120)),
+            // Loading, calibrating and warming up models takes a while: the startup probe waits
+            // for readiness (up to 10 minutes) and only then does liveness start, so a start-up
+            // that hangs, or in which every model failed, is restarted instead of idling unready.
+            startup_probe: Some(probe("/readyz", 2, 300)),
             liveness_probe: Some(probe("/healthz", 10, 3)),
             readiness_probe: Some(probe("/readyz", 5, 1)),
             ..Container::default()

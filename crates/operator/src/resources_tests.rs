@@ -144,6 +144,11 @@ fn deployment_asks_for_one_gpu_on_the_right_nodes() {
     };
     assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
     assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    // Liveness starts only once the pod is ready: a start-up that never gets there is restarted.
+    assert_eq!(path(&c.startup_probe).as_deref(), Some("/readyz"));
+    let startup = c.startup_probe.as_ref().expect("startup probe");
+    let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert_eq!(budget, 600, "ten minutes to load, calibrate and warm up");
     let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
     assert_eq!(mount.mount_path, CONFIG_MOUNT_PATH);
     let volume = &pod.volumes.as_ref().expect("volumes")[0];

@@ -84,6 +84,7 @@ pub fn report(used: u64, queue: u32, rejected: u64) -> TelemetryReport {
         models: vec![ModelTelemetry {
             name: "unet".into(),
             state: ModelState::Ready,
+            ready: true,
             reason: None,
             precision: Precision::Fp16,
             batch_cap: 8,
@@ -95,6 +96,7 @@ pub fn report(used: u64, queue: u32, rejected: u64) -> TelemetryReport {
             batches_total: 0,
             rejected_total: rejected,
             oom_events_total: 0,
+            failed_total: 0,
             latency_p50_ms: 10.0,
             latency_p99_ms: 20.0,
             images_per_second: 30.0,

@@ -396,6 +396,7 @@ mod tests {
             models: vec![ModelTelemetry {
                 name: "unet".into(),
                 state: ModelState::Ready,
+                ready: true,
                 reason: None,
                 precision: Precision::Fp16,
                 batch_cap: 8,
@@ -407,6 +408,7 @@ mod tests {
                 batches_total: 0,
                 rejected_total: 0,
                 oom_events_total: 0,
+                failed_total: 0,
                 latency_p50_ms: 0.0,
                 latency_p99_ms: 0.0,
                 images_per_second: 0.0,

@@ -28,6 +28,9 @@ pub struct ModelInfo {
     pub max_batch: u32,
     /// Loading, ready, unloaded (loads on demand) or failed.
     pub state: ModelState,
+    /// Whether its requests are served now (the engine's rule: calibrated and serving, while
+    /// unloaded or being loaded again on demand too).
+    pub ready: bool,
     /// Why it is not ready, when it is not.
     pub reason: Option<String>,
 }
@@ -35,7 +38,7 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// Whether a request for this model can be served now (unloaded models load on demand).
     pub fn serviceable(&self) -> bool {
-        matches!(self.state, ModelState::Ready | ModelState::Unloaded)
+        self.ready
     }
 }
 

@@ -103,6 +103,7 @@ impl Backend for EngineBackend {
                     format: m.source.format,
                     max_batch: live.map_or(m.max_batch, |t| t.batch_cap),
                     state: live.map_or(ModelState::Loading, |t| t.state),
+                    ready: live.is_some_and(|t| t.ready),
                     reason: live.and_then(|t| t.reason.clone()),
                 })
             })

@@ -8,7 +8,7 @@
 //! our names and under the names the picker reads by default (`vllm:num_requests_waiting`,
 //! `vllm:num_requests_running`, `vllm:gpu_cache_usage_perc`), so it routes to our pods unconfigured.
 
-use gpupool_api::telemetry::{ModelState, TelemetryReport};
+use gpupool_api::telemetry::TelemetryReport;
 use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -243,6 +243,14 @@ impl prometheus_client::collector::Collector for TelemetryCollector {
         per_model(
             e,
             report,
+            "gpupool_sidecar_failed_requests",
+            "Requests answered with an error after they were queued (load failure, no memory in time, failed forward pass)",
+            C,
+            |m| m.failed_total as f64,
+        )?;
+        per_model(
+            e,
+            report,
             "gpupool_sidecar_batch_size_cap",
             "Current batch-size cap",
             G,
@@ -276,9 +284,9 @@ impl prometheus_client::collector::Collector for TelemetryCollector {
             e,
             report,
             "gpupool_sidecar_model_ready",
-            "1 when the model serves",
+            "1 when the model's requests are served (loaded, or loaded again on demand)",
             G,
-            |m| u8::from(m.state == ModelState::Ready),
+            |m| u8::from(m.ready),
         )?;
 
         let waiting: u32 = report.models.iter().map(|m| m.queue_depth).sum();

@@ -482,8 +482,21 @@ async fn a_broken_model_is_not_ready_with_a_reason_and_the_others_serve() {
     let (status, health) = s.get_json("/api/v1/health").await;
     assert_eq!(status, 200);
     assert_eq!(health["status"], json!("degraded"));
-    // Readiness requires every model: this pod must not receive traffic for "broken".
-    assert_eq!(s.get_json("/v2/health/ready").await.0, 503);
+    // The pod stays ready for the models it serves (every replica has the same files: taking the
+    // pod out would stop the pool's good models too); the failure is reported per model.
+    assert_eq!(s.get_json("/v2/health/ready").await.0, 200);
+    assert_eq!(s.get_json("/readyz").await.0, 200);
+    let (_, telemetry) = s.get_json("/v1/telemetry").await;
+    let broken = telemetry["models"]
+        .as_array()
+        .and_then(|models| models.iter().find(|m| m["name"] == "broken"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&broken["state"], &broken["ready"]),
+        (&json!("Failed"), &json!(false)),
+        "{broken}"
+    );
 }
 
 #[tokio::test]
@@ -528,6 +541,8 @@ async fn concurrent_requests_share_batches_and_metrics_tell() {
         "vllm:num_requests_waiting",
         "gpupool_sidecar_images_total{model=\"unet_slow\"}",
         "gpupool_sidecar_segment_stage_duration_seconds_count{model=\"unet_slow\",stage=\"engine\"} 24",
+        "gpupool_sidecar_failed_requests_total{model=\"unet_slow\"} 0",
+        "gpupool_sidecar_model_ready{model=\"unet_slow\"} 1",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
