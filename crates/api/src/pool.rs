@@ -227,11 +227,13 @@ pub struct ScalingSpec {
     #[serde(default = "default_max_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    /// Device memory use (fraction of the card) above which the pool scales out.
+    /// Device memory in use (fraction of the card; a pod's own allocator cache counts as free)
+    /// above which the pool scales out.
     #[serde(default = "default_watermark")]
     #[schemars(range(min = 0.1, max = 1.0))]
     pub memory_pressure_watermark: f64,
-    /// Device memory use above which pods refuse new work with 503 (circuit breaker).
+    /// Device memory in use (as for the watermark) above which pods refuse new work with 503
+    /// (circuit breaker).
     #[serde(default = "default_reject_above")]
     #[schemars(range(min = 0.1, max = 1.0))]
     pub reject_above: f64,

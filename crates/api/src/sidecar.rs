@@ -41,7 +41,8 @@ pub struct SidecarConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionConfig {
-    /// Device memory use (fraction of the card) above which new work is refused with 503.
+    /// Device memory in use (fraction of the card; this process's allocator cache counts as free)
+    /// above which new work is refused with 503.
     pub reject_above: f64,
     /// Device memory use above which the pod reports memory pressure (the operator scales out).
     pub memory_pressure_watermark: f64,

@@ -94,7 +94,8 @@ pub struct Condition {
 pub struct TelemetrySummary {
     /// Pods that answered the last collection.
     pub pods_reporting: u32,
-    /// Highest device memory use among the pods, fraction of the card.
+    /// Highest device memory in use among the pods, fraction of the card (each pod's allocator
+    /// cache counted as free, as the circuit breaker and the watermark read it).
     pub max_memory_used_fraction: f64,
     /// Highest allocator reservation among the pods, bytes.
     pub max_reserved_bytes: u64,

@@ -36,6 +36,16 @@ pub struct TelemetryReport {
     pub models: Vec<ModelTelemetry>,
 }
 
+impl TelemetryReport {
+    /// The pod's memory pressure: the card's used fraction with its own allocator's cache
+    /// counted as free ([`DeviceTelemetry::in_use_fraction`]); 0 without a device reading.
+    pub fn memory_in_use_fraction(&self) -> f64 {
+        self.device
+            .as_ref()
+            .map_or(0.0, |d| d.in_use_fraction(self.allocator.cached_bytes()))
+    }
+}
+
 /// Device-wide memory and load, from NVML.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -58,10 +68,19 @@ pub struct DeviceTelemetry {
 impl DeviceTelemetry {
     /// Used memory as a fraction of the card.
     pub fn used_fraction(&self) -> f64 {
+        self.in_use_fraction(0)
+    }
+
+    /// The fraction of the card in use when `cached_bytes` (memory this process's caching
+    /// allocator holds for reuse but no tensor occupies) counts as free. Memory pressure and the
+    /// circuit breaker read this: the cache serves the process's next batches, and the allocator
+    /// never hands it back on its own, so the raw figure would stay at its high-water mark after
+    /// every burst and keep a pool scaled out, or its breaker open, for good.
+    pub fn in_use_fraction(&self, cached_bytes: u64) -> f64 {
         if self.total_bytes == 0 {
             0.0
         } else {
-            self.used_bytes as f64 / self.total_bytes as f64
+            self.used_bytes.saturating_sub(cached_bytes) as f64 / self.total_bytes as f64
         }
     }
 }
@@ -80,6 +99,13 @@ pub struct AllocatorTelemetry {
     pub budget_bytes: u64,
     /// Bytes currently reserved by admission for running batches and loaded weights.
     pub admitted_bytes: u64,
+}
+
+impl AllocatorTelemetry {
+    /// Bytes the allocator holds for reuse that no live tensor occupies.
+    pub fn cached_bytes(&self) -> u64 {
+        self.reserved_bytes.saturating_sub(self.allocated_bytes)
+    }
 }
 
 /// Life-cycle state of a model in a sidecar.
@@ -168,4 +194,44 @@ pub struct ModelTelemetry {
     pub images_per_second: f64,
     /// Calibrated cost per (precision, batch size).
     pub profile: Vec<ProfilePoint>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allocator_cache_counts_as_free_memory() {
+        let device = DeviceTelemetry {
+            name: "card".into(),
+            total_bytes: 100,
+            used_bytes: 90,
+            free_bytes: 10,
+            utilization_percent: 0,
+            process_used_bytes: None,
+        };
+        let report = TelemetryReport {
+            api_version: crate::API_VERSION.into(),
+            kind: TELEMETRY_KIND.into(),
+            config_generation: 1,
+            ready: true,
+            circuit_open: false,
+            device: Some(device.clone()),
+            // 80 bytes held, 30 in live tensors: 50 cached after a burst.
+            allocator: AllocatorTelemetry {
+                allocated_bytes: 30,
+                reserved_bytes: 80,
+                ..AllocatorTelemetry::default()
+            },
+            models: Vec::new(),
+        };
+        assert_eq!(device.used_fraction(), 0.9);
+        assert_eq!(report.memory_in_use_fraction(), 0.4);
+        assert_eq!(device.in_use_fraction(500), 0.0, "never below zero");
+        let no_device = TelemetryReport {
+            device: None,
+            ..report
+        };
+        assert_eq!(no_device.memory_in_use_fraction(), 0.0);
+    }
 }

@@ -69,7 +69,8 @@ pub(crate) fn choose(
 
 /// Measures one (precision, batch size): `warmup` untimed runs, then the median of `iterations`
 /// timed, synchronised runs and the memory they added. `estimate` is the peak to report where
-/// there are no allocator statistics (the CPU).
+/// there are no allocator statistics (the CPU); `record_peak` is called just before the
+/// allocator's peak statistics are reset, so the process's high-water mark keeps the warm-up's.
 pub(crate) fn measure(
     stager: &mut Stager,
     model: &LoadedModel,
@@ -77,6 +78,7 @@ pub(crate) fn measure(
     n: usize,
     options: CalibrationOptions,
     estimate: u64,
+    record_peak: &dyn Fn(),
 ) -> Result<ProfilePoint, ForwardFailure> {
     stager.stage_synthetic(n)?;
     for _ in 0..options.warmup {
@@ -84,6 +86,8 @@ pub(crate) fn measure(
     }
     // Measure on a clean cache, after warm-up (cuDNN autotuning tries large workspaces): the
     // growth of both live bytes and bytes held from the driver (segment rounding included).
+    // The process's high-water mark, warm-up included, is recorded before the reset loses it.
+    record_peak();
     device.empty_cache();
     let _ = device.reset_peak_stats();
     let base = device.allocator_stats();

@@ -1,4 +1,5 @@
-//! The circuit breaker: while device memory use (as the probe last read it) is above the reject
+//! The circuit breaker: while device memory in use (as the probe last read it, with this process's
+//! allocator cache counted as free: `DeviceTelemetry::in_use_fraction`) is above the reject
 //! threshold, new work is refused with [`InferError::CircuitOpen`] (503 + `Retry-After`) instead
 //! of queueing behind a GPU that has no room. A background thread samples the probe; requests only
 //! read an atomic.
@@ -21,7 +22,22 @@ pub(crate) fn should_open(fraction: Option<f64>, threshold: f64) -> bool {
 pub(crate) struct Circuit {
     open: AtomicBool,
     threshold: AtomicU64,
-    last: Mutex<Option<DeviceTelemetry>>,
+    last: Mutex<Reading>,
+}
+
+/// The probe's last reading and the allocator cache at the time.
+#[derive(Debug, Default)]
+struct Reading {
+    device: Option<DeviceTelemetry>,
+    cached_bytes: u64,
+}
+
+impl Reading {
+    fn in_use_fraction(&self) -> Option<f64> {
+        self.device
+            .as_ref()
+            .map(|d| d.in_use_fraction(self.cached_bytes))
+    }
 }
 
 impl Circuit {
@@ -29,7 +45,7 @@ impl Circuit {
         Self {
             open: AtomicBool::new(false),
             threshold: AtomicU64::new(threshold.to_bits()),
-            last: Mutex::new(None),
+            last: Mutex::new(Reading::default()),
         }
     }
 
@@ -37,10 +53,11 @@ impl Circuit {
         f64::from_bits(self.threshold.load(Ordering::Relaxed))
     }
 
-    fn evaluate(&self, last: &Option<DeviceTelemetry>) {
-        let fraction = last.as_ref().map(DeviceTelemetry::used_fraction);
-        self.open
-            .store(should_open(fraction, self.threshold()), Ordering::Relaxed);
+    fn evaluate(&self, last: &Reading) {
+        self.open.store(
+            should_open(last.in_use_fraction(), self.threshold()),
+            Ordering::Relaxed,
+        );
     }
 
     /// Changes the reject threshold (live config) and re-evaluates the last reading.
@@ -49,10 +66,13 @@ impl Circuit {
         self.evaluate(&self.last.lock());
     }
 
-    /// Takes a new reading from the probe.
-    pub fn observe(&self, reading: Option<DeviceTelemetry>) {
+    /// Takes a new reading from the probe, with the bytes the allocator held as cache then.
+    pub fn observe(&self, device: Option<DeviceTelemetry>, cached_bytes: u64) {
         let mut last = self.last.lock();
-        *last = reading;
+        *last = Reading {
+            device,
+            cached_bytes,
+        };
         self.evaluate(&last);
     }
 
@@ -63,7 +83,7 @@ impl Circuit {
 
     /// The last device reading.
     pub fn last_reading(&self) -> Option<DeviceTelemetry> {
-        self.last.lock().clone()
+        self.last.lock().device.clone()
     }
 
     /// `Ok` when closed, else the error a refused request gets.
@@ -71,12 +91,7 @@ impl Circuit {
         if !self.is_open() {
             return Ok(());
         }
-        let used_fraction = self
-            .last
-            .lock()
-            .as_ref()
-            .map(DeviceTelemetry::used_fraction)
-            .unwrap_or(0.0);
+        let used_fraction = self.last.lock().in_use_fraction().unwrap_or(0.0);
         Err(InferError::CircuitOpen {
             retry_after,
             used_fraction,
@@ -108,15 +123,17 @@ impl StopSignal {
     }
 }
 
-/// The sampler thread's loop: read the probe every `interval` until stopped.
+/// The sampler thread's loop: read the probe (and `cached_bytes`, the allocator's cache) every
+/// `interval` until stopped.
 pub(crate) fn sample_until_stopped(
     circuit: &Circuit,
     probe: &Arc<dyn DeviceProbe>,
+    cached_bytes: impl Fn() -> u64,
     interval: Duration,
     stop: &StopSignal,
 ) {
     loop {
-        circuit.observe(probe.sample());
+        circuit.observe(probe.sample(), cached_bytes());
         if stop.sleep(interval) {
             return;
         }
@@ -132,10 +149,10 @@ mod tests {
     fn opens_above_threshold_and_closes_below() {
         let c = Circuit::new(0.9);
         let p = ManualProbe::new();
-        c.observe(p.sample());
+        c.observe(p.sample(), 0);
         assert!(!c.is_open(), "no reading: closed");
         p.set_used_fraction(0.95, 1 << 30);
-        c.observe(p.sample());
+        c.observe(p.sample(), 0);
         assert!(c.is_open());
         let err = c.check(Duration::from_secs(2)).unwrap_err();
         assert_eq!(err.http_status(), 503);
@@ -144,8 +161,24 @@ mod tests {
         assert!(!c.is_open());
         p.set_used_fraction(0.5, 1 << 30);
         c.set_threshold(0.9);
-        c.observe(p.sample());
+        c.observe(p.sample(), 0);
         assert!(c.check(Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn the_allocator_cache_does_not_hold_the_circuit_open() {
+        let c = Circuit::new(0.9);
+        let p = ManualProbe::new();
+        p.set_used_fraction(0.95, 1000);
+        c.observe(p.sample(), 100);
+        assert!(
+            !c.is_open(),
+            "950 used, 100 of it cache this process can reuse"
+        );
+        c.observe(p.sample(), 10);
+        assert!(c.is_open(), "940 in use is above 0.9");
+        let err = c.check(Duration::from_secs(1)).unwrap_err();
+        assert!(format!("{err}").contains("94"), "{err}");
     }
 
     #[test]

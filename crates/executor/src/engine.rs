@@ -130,12 +130,19 @@ impl Engine {
             threads_done: tokio::sync::Mutex::new(Some(threads_done)),
         });
         if let Some(probe) = probe {
-            shared.circuit.observe(probe.sample());
+            let device = shared.device;
+            let cached_bytes = move || {
+                device
+                    .allocator_stats()
+                    .map_or(0, |a| a.reserved.saturating_sub(a.allocated))
+            };
+            shared.circuit.observe(probe.sample(), cached_bytes());
             let s = Arc::clone(&shared);
             shared.spawn("gpupool-sampler".into(), move || {
                 circuit::sample_until_stopped(
                     &s.circuit,
                     &probe,
+                    cached_bytes,
                     s.options.sample_interval,
                     &s.stop_sampler,
                 )

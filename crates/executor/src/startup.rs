@@ -198,7 +198,6 @@ fn measure_sizes(
             tracing::info!(model = %entry.name, batch = n, predicted, "calibration stops: the next batch size would not fit the budget");
             break;
         };
-        shared.peak_reserved(); // remember the high-water mark before measure() resets it
         match calibration::measure(
             stager,
             model,
@@ -206,6 +205,9 @@ fn measure_sizes(
             n,
             shared.options.calibration,
             estimate,
+            &|| {
+                shared.peak_reserved();
+            },
         ) {
             Ok(point) => measured.push(point),
             Err(ForwardFailure::OutOfMemory(m)) => {

@@ -35,7 +35,7 @@ pub fn samples(collection: &Collection, previous: &[(String, TelemetryReport)]) 
                 .find(|(p, _)| p == pod)
                 .map(|(_, r)| rejected(r));
             PodSample {
-                memory_used_fraction: report.device.as_ref().map_or(0.0, |d| d.used_fraction()),
+                memory_used_fraction: report.memory_in_use_fraction(),
                 queue_depth: report
                     .models
                     .iter()

@@ -180,7 +180,7 @@ pub fn summarise(collection: &Collection, now: &str) -> TelemetryView {
     let summary = TelemetrySummary {
         pods_reporting: u32::try_from(collection.reports.len()).unwrap_or(u32::MAX),
         max_memory_used_fraction: reports()
-            .filter_map(|r| r.device.as_ref().map(|d| d.used_fraction()))
+            .map(TelemetryReport::memory_in_use_fraction)
             .fold(0.0, f64::max),
         max_reserved_bytes: reports()
             .map(|r| r.allocator.reserved_bytes)

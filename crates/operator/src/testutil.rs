@@ -77,7 +77,9 @@ pub fn report(used: u64, queue: u32, rejected: u64) -> TelemetryReport {
             utilization_percent: 50,
             process_used_bytes: None,
         }),
+        // Everything the allocator holds is in live tensors: no cache to count as free.
         allocator: AllocatorTelemetry {
+            allocated_bytes: used,
             reserved_bytes: used,
             ..AllocatorTelemetry::default()
         },

@@ -294,7 +294,7 @@ impl prometheus_client::collector::Collector for TelemetryCollector {
         let memory = report
             .device
             .as_ref()
-            .map(|d| d.used_fraction())
+            .map(|d| d.in_use_fraction(report.allocator.cached_bytes()))
             .unwrap_or_else(|| {
                 let a = &report.allocator;
                 if a.budget_bytes == 0 {
