@@ -6,10 +6,16 @@
 //!
 //! A package's metadata says what it takes: `max_batch` (the largest batch) and `static` ("true"
 //! when it takes exactly `max_batch`, its batch padded up with zero images if smaller).
+//!
+//! Which package runs a batch of `n` is a [`Route`]: at first the least padding ([`pick`]); once
+//! calibration has timed every package at the sizes it takes without padding, the one expected to
+//! finish soonest ([`plan_route`]): a fixed batch-8 package padding 6 images may beat a dynamic
+//! one running 6, and on the H200 it did by 1.5× at batch 8 (docs/benchmarks.md).
 
 use crate::cuda::{AotiPackage, ComputeDevice};
 use crate::model::FileFacts;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Kind, Tensor};
 
 /// What one package accepts.
@@ -23,7 +29,7 @@ pub(crate) struct Shape {
 
 impl Shape {
     /// Images the package computes for a batch of `n`, if it takes `n` at all.
-    fn computed(self, n: usize) -> Option<usize> {
+    pub(crate) fn computed(self, n: usize) -> Option<usize> {
         match (n <= self.max_batch, self.fixed) {
             (false, _) => None,
             (true, true) => Some(self.max_batch),
@@ -41,6 +47,117 @@ pub(crate) fn pick(shapes: &[Shape], n: usize) -> Option<usize> {
         .filter_map(|(i, s)| s.computed(n).map(|c| (c, !s.fixed, i)))
         .min()
         .map(|(_, _, i)| i)
+}
+
+/// One package's measured latency for a batch of `batch` (which it takes without padding).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Timing {
+    /// Index of the package.
+    pub bucket: usize,
+    /// Batch size run.
+    pub batch: usize,
+    /// Median latency, milliseconds.
+    pub latency_ms: f64,
+}
+
+/// The latency to expect from package `shape` for a batch of `n`, from its timings: a fixed-size
+/// package takes as long whatever the batch it pads; a dynamic one is interpolated linearly
+/// between the measured sizes around `n` (below the smallest, the smallest's; above the largest,
+/// proportionally more). `None` without timings or when it does not take `n`.
+fn expected_ms(shape: Shape, timings: &[(usize, f64)], n: usize) -> Option<f64> {
+    shape.computed(n)?;
+    if shape.fixed {
+        return timings.first().map(|&(_, ms)| ms);
+    }
+    let below = timings
+        .iter()
+        .filter(|&&(b, _)| b <= n)
+        .max_by_key(|&&(b, _)| b);
+    let above = timings
+        .iter()
+        .filter(|&&(b, _)| b >= n)
+        .min_by_key(|&&(b, _)| b);
+    match (below, above) {
+        (Some(&(b0, ms0)), Some(&(b1, ms1))) if b1 > b0 => {
+            Some(ms0 + (ms1 - ms0) * (n - b0) as f64 / (b1 - b0) as f64)
+        }
+        (Some(&(_, ms)), Some(_)) | (None, Some(&(_, ms))) => Some(ms),
+        (Some(&(b0, ms0)), None) => Some(ms0 * n as f64 / b0 as f64),
+        (None, None) => None,
+    }
+}
+
+/// The package for every batch size 1..=`cap` (index `n - 1`): the soonest expected to finish by
+/// the timings, then the least padding, then a fixed-size one, then the first listed; by [`pick`]
+/// alone for sizes no timed package takes. `None` where no package takes the size.
+pub(crate) fn plan_route(shapes: &[Shape], timings: &[Timing], cap: usize) -> Vec<Option<usize>> {
+    let per_bucket: Vec<Vec<(usize, f64)>> = (0..shapes.len())
+        .map(|b| {
+            timings
+                .iter()
+                .filter(|t| t.bucket == b)
+                .map(|t| (t.batch, t.latency_ms))
+                .collect()
+        })
+        .collect();
+    (1..=cap)
+        .map(|n| {
+            shapes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &s)| {
+                    let ms = expected_ms(s, &per_bucket[i], n)?;
+                    Some((ms, s.computed(n)?, !s.fixed, i))
+                })
+                .min_by(|a, b| {
+                    a.0.total_cmp(&b.0)
+                        .then(a.1.cmp(&b.1))
+                        .then(a.2.cmp(&b.2))
+                        .then(a.3.cmp(&b.3))
+                })
+                .map(|(_, _, _, i)| i)
+                .or_else(|| pick(shapes, n))
+        })
+        .collect()
+}
+
+/// Which package runs each batch size; changed once, by calibration, before any slot runs, and
+/// read lock-free by every batch.
+#[derive(Debug)]
+pub(crate) struct Route(Vec<AtomicUsize>);
+
+/// Marks a batch size no package takes.
+const NO_PACKAGE: usize = usize::MAX;
+
+impl Route {
+    /// The least-padding route for sizes 1..=`cap`.
+    pub fn least_padding(shapes: &[Shape], cap: usize) -> Self {
+        Route(
+            (1..=cap)
+                .map(|n| AtomicUsize::new(pick(shapes, n).unwrap_or(NO_PACKAGE)))
+                .collect(),
+        )
+    }
+
+    /// The package for a batch of `n`.
+    pub fn get(&self, n: usize) -> Option<usize> {
+        let i = self.0.get(n.checked_sub(1)?)?.load(Ordering::Relaxed);
+        (i != NO_PACKAGE).then_some(i)
+    }
+
+    /// Sends batches of `n` to package `bucket` (calibration times each package this way).
+    pub fn set(&self, n: usize, bucket: usize) {
+        if let Some(slot) = n.checked_sub(1).and_then(|i| self.0.get(i)) {
+            slot.store(bucket, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the whole route (index `n - 1`, as [`plan_route`] gives it).
+    pub fn replace(&self, plan: &[Option<usize>]) {
+        for (n, bucket) in (1..).zip(plan) {
+            self.set(n, bucket.unwrap_or(NO_PACKAGE));
+        }
+    }
 }
 
 /// A loaded package and what it takes.
@@ -110,12 +227,17 @@ pub(crate) fn load(
     Ok((buckets, facts, bytes))
 }
 
-/// Runs `input` (`[n, …]`) on the bucket that suits `n`, padding it with zero images for a
+/// Runs `input` (`[n, …]`) on the bucket `route` gives for `n`, padding it with zero images for a
 /// fixed-size package and dropping their outputs.
-pub(crate) fn run(buckets: &[Bucket], input: &Tensor, stream: usize) -> Result<Tensor, String> {
+pub(crate) fn run(
+    buckets: &[Bucket],
+    route: &Route,
+    input: &Tensor,
+    stream: usize,
+) -> Result<Tensor, String> {
     let n = usize::try_from(input.size().first().copied().unwrap_or(0)).unwrap_or(0);
-    let shapes: Vec<Shape> = buckets.iter().map(|b| b.shape).collect();
-    let bucket = pick(&shapes, n)
+    let bucket = route
+        .get(n)
         .and_then(|i| buckets.get(i))
         .ok_or_else(|| format!("no package takes a batch of {n}"))?;
     let computed = bucket.shape.computed(n).unwrap_or(n);
@@ -172,6 +294,60 @@ mod tests {
         );
         assert_eq!(pick(&shapes, 12), Some(0));
         assert_eq!(pick(&shapes, 17), None);
+    }
+
+    fn timing(bucket: usize, batch: usize, latency_ms: f64) -> Timing {
+        Timing {
+            bucket,
+            batch,
+            latency_ms,
+        }
+    }
+
+    #[test]
+    fn measured_latency_routes_each_size_to_the_soonest_package() {
+        // A dynamic 1–16 package and a fixed batch-8 one: the fixed one runs 8 images in 38 ms,
+        // the dynamic one 1 in 19, 2 in 20, 4 in 30 and 8 in 60 (shapes like the H200's).
+        let shapes = [DYNAMIC_16, FIXED_8];
+        let timings = [
+            timing(0, 1, 19.0),
+            timing(0, 2, 20.0),
+            timing(0, 4, 30.0),
+            timing(0, 8, 60.0),
+            timing(1, 8, 38.0),
+        ];
+        let route = plan_route(&shapes, &timings, 16);
+        // 5 on the dynamic one: 30 + (60 − 30) / 4 = 37.5 ms < 38; from 6 on (45 ms) padding to 8
+        // pays; above 8 only the dynamic one takes the batch.
+        let dynamic = Some(0);
+        let fixed = Some(1);
+        assert_eq!(
+            route[..8],
+            [dynamic, dynamic, dynamic, dynamic, dynamic, fixed, fixed, fixed]
+        );
+        assert_eq!(route[8..], [dynamic; 8]);
+    }
+
+    #[test]
+    fn without_timings_the_route_is_the_least_padding() {
+        let shapes = [DYNAMIC_16, FIXED_8, FIXED_1];
+        let planned = plan_route(&shapes, &[], 17);
+        let least: Vec<_> = (1..=17).map(|n| pick(&shapes, n)).collect();
+        assert_eq!(planned, least);
+        assert_eq!(planned[16], None, "nothing takes 17");
+        let route = Route::least_padding(&shapes, 16);
+        assert_eq!(
+            (route.get(1), route.get(8), route.get(5)),
+            (Some(2), Some(1), Some(0))
+        );
+        assert_eq!((route.get(0), route.get(17)), (None, None));
+        route.replace(&plan_route(&shapes, &[timing(1, 8, 1.0)], 16));
+        assert_eq!(
+            route.get(5),
+            Some(1),
+            "the timed fixed package now takes 5, padded"
+        );
+        assert_eq!(route.get(12), Some(0));
     }
 
     #[test]

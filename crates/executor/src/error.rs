@@ -91,16 +91,16 @@ impl InferError {
         }
     }
 
-    /// A short, bounded label for metrics and the JSON `error_type`.
+    /// A short, bounded label: the `error_type` the sidecar answers this error with.
     pub fn kind(&self) -> &'static str {
         match self {
             InferError::UnknownModel(_) => "unknown_model",
-            InferError::InvalidInput { .. } => "invalid_input",
-            InferError::InvalidRequest { .. } => "invalid_request",
+            InferError::InvalidInput { .. } => "bad_input",
+            InferError::InvalidRequest { .. } => "bad_request",
             InferError::QueueFull { .. } => "queue_full",
-            InferError::CircuitOpen { .. } => "circuit_open",
+            InferError::CircuitOpen { .. } => "gpu_memory_pressure",
             InferError::ModelNotReady { .. } => "model_not_ready",
-            InferError::Inference { .. } => "inference",
+            InferError::Inference { .. } => "inference_failed",
             InferError::ShuttingDown => "shutting_down",
         }
     }

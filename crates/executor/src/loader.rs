@@ -143,7 +143,15 @@ pub(crate) fn load_resident(
         &facts,
         slots,
     )
-    .map_err(LoadFailure::Permanent)?;
+    .map_err(|reason| {
+        // Running out of device memory while loading (another process took it meanwhile) is
+        // worth another try; a missing or broken file is not.
+        if crate::oom::is_out_of_memory(&reason) {
+            LoadFailure::Transient(reason)
+        } else {
+            LoadFailure::Permanent(reason)
+        }
+    })?;
     let loaded_bytes = model.weights_bytes;
     if !weights.resize(loaded_bytes.max(1)) {
         drop(model);

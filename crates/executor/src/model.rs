@@ -3,7 +3,7 @@
 //! batch sizes, `crate::buckets`). Also reads what an exported file says about itself
 //! (precision, input size) without loading it.
 
-use crate::buckets::{self, Bucket};
+use crate::buckets::{self, Bucket, Route, Shape};
 use crate::cuda::{self, AutocastGuard, ComputeDevice};
 use crate::oom::ForwardFailure;
 use crate::precision::{self, PrecisionMode};
@@ -120,7 +120,12 @@ enum Runner {
         mode: PrecisionMode,
     },
     /// One or more AOTInductor packages (`crate::buckets`).
-    Packages(Vec<Bucket>),
+    Packages {
+        /// The packages, each with what it takes.
+        buckets: Vec<Bucket>,
+        /// Which package runs each batch size.
+        route: Route,
+    },
 }
 
 /// A model on the device, at one precision.
@@ -203,14 +208,36 @@ impl LoadedModel {
             precision: facts.precision.unwrap_or(precision),
             weights_bytes,
             max_batch: facts.max_batch,
-            runner: Runner::Packages(packages),
+            runner: Runner::Packages {
+                route: Route::least_padding(
+                    &packages.iter().map(|b| b.shape).collect::<Vec<_>>(),
+                    facts.max_batch.unwrap_or(1),
+                ),
+                buckets: packages,
+            },
             device,
         })
     }
 
     /// Whether this is an AOTInductor package (fixed precision and batch range).
     pub fn is_package(&self) -> bool {
-        matches!(self.runner, Runner::Packages(_))
+        matches!(self.runner, Runner::Packages { .. })
+    }
+
+    /// What each package takes, in route order (empty for a TorchScript module).
+    pub fn package_shapes(&self) -> Vec<Shape> {
+        match &self.runner {
+            Runner::Packages { buckets, .. } => buckets.iter().map(|b| b.shape).collect(),
+            Runner::Script { .. } => Vec::new(),
+        }
+    }
+
+    /// Which package runs each batch size (packages only).
+    pub fn route(&self) -> Option<&Route> {
+        match &self.runner {
+            Runner::Packages { route, .. } => Some(route),
+            Runner::Script { .. } => None,
+        }
     }
 
     /// Runs one batch: `input` is float32 NCHW on the device; returns float32 logits on the device.
@@ -240,8 +267,8 @@ impl LoadedModel {
                     .map_err(|e| ForwardFailure::Other(e.to_string()))?;
                 module.forward_ts(&[input]).map_err(torch)
             }
-            Runner::Packages(packages) => {
-                buckets::run(packages, input, stream).map_err(ForwardFailure::classify)
+            Runner::Packages { buckets, route } => {
+                buckets::run(buckets, route, input, stream).map_err(ForwardFailure::classify)
             }
         })?;
         if out.f_kind().map_err(torch)? == Kind::Float {

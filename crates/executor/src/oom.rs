@@ -14,10 +14,16 @@ pub(crate) enum ForwardFailure {
     Other(String),
 }
 
+/// Whether a libtorch error message reports a CUDA out-of-memory error ("CUDA out of memory.
+/// Tried to allocate ..."): a condition of the moment, unlike a broken file or a bad shape.
+pub(crate) fn is_out_of_memory(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("out of memory")
+}
+
 impl ForwardFailure {
-    /// Classifies a libtorch error message ("CUDA out of memory. Tried to allocate ...").
+    /// Classifies a libtorch error message.
     pub fn classify(message: String) -> Self {
-        if message.to_ascii_lowercase().contains("out of memory") {
+        if is_out_of_memory(&message) {
             ForwardFailure::OutOfMemory(message)
         } else {
             ForwardFailure::Other(message)

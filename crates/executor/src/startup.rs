@@ -3,6 +3,7 @@
 //! model's slot threads, wait for them to warm up, and declare the engine started. A model that
 //! cannot load becomes Failed with the reason; the others go on.
 
+use crate::buckets::{pick, plan_route, Timing};
 use crate::calibration::{self, batch_sizes, predict_next};
 use crate::error::{EngineError, InferError};
 use crate::loader::{self, LoadFailure};
@@ -174,7 +175,11 @@ fn calibrate(shared: &Shared, entry: &ModelEntry, stream: usize) -> Result<(), S
     Ok(())
 }
 
-/// Measures batch sizes 1, 2, 4, … up to the cap while they fit in the budget.
+/// Measures batch sizes 1, 2, 4, … up to the cap while they fit in the budget. A model served by
+/// several packages has each package timed at the sizes it takes without padding (its own size,
+/// for a fixed-size one, is added to the ladder); a size's profile point is the fastest package's
+/// latency with the largest peak among them, and the timings then route every batch size to the
+/// package expected to finish soonest (`buckets::plan_route`).
 fn measure_sizes(
     shared: &Shared,
     entry: &ModelEntry,
@@ -187,36 +192,99 @@ fn measure_sizes(
         .read()
         .max_batch
         .min(model.max_batch.unwrap_or(usize::MAX));
+    let shapes = model.package_shapes();
+    let mut sizes = batch_sizes(cap);
+    sizes.extend(
+        shapes
+            .iter()
+            .filter(|s| s.fixed && s.max_batch <= cap)
+            .map(|s| s.max_batch),
+    );
+    sizes.sort_unstable();
+    sizes.dedup();
     let mut measured: Vec<ProfilePoint> = Vec::new();
-    for n in batch_sizes(cap) {
-        let estimate = entry.estimated_peak(n, &shared.options);
+    let mut timings: Vec<Timing> = Vec::new();
+    'sizes: for n in sizes {
+        // The packages that run `n` without padding, else the one padding least (a TorchScript
+        // module: itself), and the most images any of them computes for it.
+        let takers: Vec<Option<usize>> = if shapes.is_empty() {
+            vec![None]
+        } else {
+            let exact: Vec<Option<usize>> = (0..shapes.len())
+                .filter(|&b| shapes[b].computed(n) == Some(n))
+                .map(Some)
+                .collect();
+            if exact.is_empty() {
+                pick(&shapes, n).map(Some).into_iter().collect()
+            } else {
+                exact
+            }
+        };
+        if takers.is_empty() {
+            continue;
+        }
+        let computed = takers
+            .iter()
+            .filter_map(|b| b.and_then(|b| shapes[b].computed(n)))
+            .max()
+            .unwrap_or(n);
+        let estimate = entry.estimated_peak(computed, &shared.options);
         let predicted = with_headroom(
-            predict_next(&measured, n, estimate),
+            predict_next(&measured, computed, estimate),
             shared.options.peak_headroom,
         );
         let Some(_room) = shared.ledger.try_reserve(predicted) else {
             tracing::info!(model = %entry.name, batch = n, predicted, "calibration stops: the next batch size would not fit the budget");
             break;
         };
-        match calibration::measure(
-            stager,
-            model,
-            shared.device,
-            n,
-            shared.options.calibration,
-            estimate,
-            &|| {
-                shared.peak_reserved();
-            },
-        ) {
-            Ok(point) => measured.push(point),
-            Err(ForwardFailure::OutOfMemory(m)) => {
-                tracing::info!(model = %entry.name, batch = n, error = %m, "calibration stops at out of memory");
-                shared.device.empty_cache();
-                break;
+        let mut best: Option<ProfilePoint> = None;
+        for bucket in takers {
+            if let (Some(b), Some(route)) = (bucket, model.route()) {
+                route.set(n, b);
             }
-            Err(ForwardFailure::Other(m)) => return Err(format!("batch of {n} failed: {m}")),
+            match calibration::measure(
+                stager,
+                model,
+                shared.device,
+                n,
+                shared.options.calibration,
+                estimate,
+                &|| {
+                    shared.peak_reserved();
+                },
+            ) {
+                Ok(point) => {
+                    if let Some(b) = bucket {
+                        timings.push(Timing {
+                            bucket: b,
+                            batch: n,
+                            latency_ms: point.latency_ms,
+                        });
+                    }
+                    best = Some(match best {
+                        None => point,
+                        Some(b) => ProfilePoint {
+                            latency_ms: b.latency_ms.min(point.latency_ms),
+                            peak_bytes: b.peak_bytes.max(point.peak_bytes),
+                            ..b
+                        },
+                    });
+                }
+                Err(ForwardFailure::OutOfMemory(m)) => {
+                    tracing::info!(model = %entry.name, batch = n, error = %m, "calibration stops at out of memory");
+                    shared.device.empty_cache();
+                    measured.extend(best);
+                    break 'sizes;
+                }
+                Err(ForwardFailure::Other(m)) => return Err(format!("batch of {n} failed: {m}")),
+            }
         }
+        measured.extend(best);
+    }
+    if let Some(route) = model.route() {
+        let plan = plan_route(&shapes, &timings, model.max_batch.unwrap_or(cap));
+        tracing::info!(model = %entry.name, ?plan, "packages routed by measured latency");
+        route.replace(&plan);
     }
     if measured.is_empty() {
         return Err("a batch of 1 does not fit in the memory budget".to_owned());

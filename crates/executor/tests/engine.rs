@@ -316,7 +316,7 @@ async fn image_processing_memory_is_admitted_with_the_batch() {
         )
         .await
         .unwrap_err();
-    assert_eq!((err.http_status(), err.kind()), (400, "invalid_request"));
+    assert_eq!((err.http_status(), err.kind()), (400, "bad_request"));
     engine.shutdown().await;
 }
 

@@ -100,6 +100,43 @@ async fn aotinductor_package_matches_torchscript() {
     engine.shutdown().await;
 }
 
+/// A dynamic package (batches 1–4) next to one compiled for exactly two images: calibration times
+/// both at 2, routes every size by what it measured, and every batch still answers what the
+/// TorchScript model does, whichever package ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_and_a_fixed_package_are_routed_by_measurement() {
+    let test = "a_dynamic_and_a_fixed_package_are_routed_by_measurement";
+    let (Some(dynamic), Some(fixed)) = (
+        unet_package(&["--max-batch", "4"], test),
+        unet_package(&["--max-batch", "2", "--static"], test),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&dynamic, dir.path().join("dynamic-4.pt2")).unwrap();
+    std::fs::copy(&fixed, dir.path().join("static-2.pt2")).unwrap();
+    let (engine, model) = package_engine("unet_routed", dir.path()).await;
+    assert_eq!(model.batch_cap, 4);
+    let sizes: Vec<u32> = model.profile.iter().map(|p| p.batch_size).collect();
+    assert_eq!(sizes, [1, 2, 4]);
+    let script = torchscript("unet_spherohq");
+    let images: Vec<Vec<f32>> = (30..37).map(image).collect();
+    let expected = direct(&script, &images);
+    let tasks: Vec<_> = images
+        .into_iter()
+        .map(|im| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.infer_detailed("unet_routed", im).await })
+        })
+        .collect();
+    for (t, want) in tasks.into_iter().zip(&expected) {
+        let got = t.await.unwrap().unwrap();
+        let diff = max_abs_diff(&got.logits, want);
+        assert!(diff < 1e-4, "batch of {} differs by {diff}", got.batch_size);
+    }
+    engine.shutdown().await;
+}
+
 /// `auto` precision on a package compiled at bf16: the engine reads the package's precision from
 /// its archive before loading, runs it at that precision and says so in telemetry (a package runs
 /// only at the precision it was compiled for).

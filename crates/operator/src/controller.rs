@@ -144,7 +144,10 @@ async fn reconcile(pool: Arc<InferencePool>, ctx: Arc<Context>) -> Result<Action
     async move {
         let _timer = ctx.metrics.reconcile_started();
         let key = PoolKey::of(&pool);
-        let result = PoolReconciler::new(&pool, &ctx)?.reconcile().await;
+        let result = match PoolReconciler::new(&pool, &ctx) {
+            Ok(reconciler) => reconciler.reconcile().await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(action) => {
                 ctx.memory.with(&key, |m| m.failures = 0);

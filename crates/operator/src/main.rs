@@ -145,6 +145,8 @@ async fn run(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
     } else {
+        // Without leader election this process is the one that reconciles: it leads.
+        metrics.leader.set(1);
         health.set_ready(true);
         controller.await;
         ExitCode::SUCCESS

@@ -36,7 +36,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Pods whose telemetry could not be collected (`gpupool_operator_telemetry_errors_total`).
     pub telemetry_errors: Counter,
-    /// 1 while this process holds the leader Lease (`gpupool_operator_leader`).
+    /// 1 while this process reconciles: it holds the leader Lease, or runs without leader
+    /// election (`gpupool_operator_leader`).
     pub leader: Gauge,
 }
 
@@ -78,7 +79,7 @@ impl Metrics {
         );
         registry.register(
             "gpupool_operator_leader",
-            "1 while this process holds the leader Lease",
+            "1 while this process reconciles (holds the leader Lease, or runs without election)",
             leader.clone(),
         );
         Self {

@@ -40,6 +40,15 @@ pub const RESTART_CHECKSUM_ANNOTATION: &str = "gpupool.io/restart-checksum";
 pub const CONFIG_PATH_ENV: &str = "GPUPOOL_CONFIG";
 /// The sidecar's HTTP port (API, health, metrics, telemetry).
 pub const HTTP_PORT: i32 = 8080;
+/// How long a terminating sidecar keeps serving after its readiness goes off, so the endpoint's
+/// removal reaches every proxy before it refuses work (`GPUPOOL_SHUTDOWN_SETTLE_MS`).
+pub const SHUTDOWN_SETTLE_SECONDS: i64 = 5;
+/// The longest drain after that: in-flight requests, then the engine's queues
+/// (`GPUPOOL_DRAIN_SECONDS`).
+pub const DRAIN_SECONDS: i64 = 25;
+/// The pod's termination grace period: settle and drain, plus time to exit before the kubelet
+/// kills the process (Kubernetes' default of 30 s would cut the drain short).
+pub const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_SETTLE_SECONDS + DRAIN_SECONDS + 10;
 /// Name of the sidecar's HTTP port.
 pub const HTTP_PORT_NAME: &str = "http";
 /// Node label carrying the GPU product (set by NVIDIA's GPU feature discovery).
@@ -287,6 +296,7 @@ fn pod_spec(pool: &InferencePool, defaults: &PodDefaults) -> PodSpec {
             readiness_probe: Some(probe("/readyz", 5, 1)),
             ..Container::default()
         }],
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
         tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
         volumes: Some(volumes),
@@ -306,12 +316,19 @@ fn env() -> Vec<EnvVar> {
         }),
         ..EnvVar::default()
     };
+    let value = |name: &str, v: i64| EnvVar {
+        name: name.into(),
+        value: Some(v.to_string()),
+        ..EnvVar::default()
+    };
     vec![
         EnvVar {
             name: CONFIG_PATH_ENV.into(),
             value: Some(format!("{CONFIG_MOUNT_PATH}/{SIDECAR_CONFIG_FILE}")),
             ..EnvVar::default()
         },
+        value("GPUPOOL_SHUTDOWN_SETTLE_MS", SHUTDOWN_SETTLE_SECONDS * 1000),
+        value("GPUPOOL_DRAIN_SECONDS", DRAIN_SECONDS),
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
     ]

@@ -149,6 +149,17 @@ fn deployment_asks_for_one_gpu_on_the_right_nodes() {
     let startup = c.startup_probe.as_ref().expect("startup probe");
     let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
     assert_eq!(budget, 600, "ten minutes to load, calibrate and warm up");
+    // Shutdown: the sidecar settles, drains, and has time left to exit before it is killed.
+    let env = |name: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(env("GPUPOOL_SHUTDOWN_SETTLE_MS").as_deref(), Some("5000"));
+    assert_eq!(env("GPUPOOL_DRAIN_SECONDS").as_deref(), Some("25"));
+    assert_eq!(pod.termination_grace_period_seconds, Some(40));
     let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
     assert_eq!(mount.mount_path, CONFIG_MOUNT_PATH);
     let volume = &pod.volumes.as_ref().expect("volumes")[0];

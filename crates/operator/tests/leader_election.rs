@@ -116,7 +116,17 @@ async fn exactly_one_reconciles_and_the_standby_takes_over() -> Result<()> {
         },
     )
     .await?;
-    if standby.reconciles() == 0 {
+    // Its "reconciled" line follows the Deployment's update: wait for it rather than race it.
+    let logged = eventually(
+        Duration::from_secs(10),
+        "the new leader to log a reconcile",
+        || {
+            let n = standby.reconciles();
+            async move { Ok((n > 0).then_some(n)) }
+        },
+    )
+    .await;
+    if logged.is_err() {
         bail!("the new leader did not log reconciles:\n{}", standby.log());
     }
     // A graceful stop releases the Lease at once.

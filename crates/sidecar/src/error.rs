@@ -62,6 +62,11 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// An error response's `error_type`, kept in the response's extensions so the request metrics
+/// can count errors by type without parsing bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorType(pub &'static str);
+
 /// The JSON body of every error response.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
@@ -69,7 +74,7 @@ pub struct ErrorBody {
     pub success: bool,
     /// A sentence for people.
     pub error: String,
-    /// A stable identifier for programs (also the metric label).
+    /// A stable identifier for programs (also the `error` label of the request counter).
     pub error_type: &'static str,
     /// The request field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,7 +121,7 @@ impl ApiError {
         }
     }
 
-    /// Stable identifier for the body's `error_type` and the metrics' `error` label.
+    /// Stable identifier for the body's `error_type` and the request counter's `error` label.
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::Decode(e) => e.error_type(),
@@ -175,7 +180,9 @@ impl IntoResponse for ApiError {
             field: self.field(),
         };
         let retry_after = self.retry_after();
+        let error_type = ErrorType(body.error_type);
         let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(error_type);
         if let Some(after) = retry_after {
             let secs = after.as_secs().max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&secs) {

@@ -10,9 +10,11 @@ use gpupool_sidecar::pipeline::Pipeline;
 use gpupool_sidecar::reload::{load_config, watch_config};
 use gpupool_sidecar::settings::Settings;
 use gpupool_sidecar::shutdown::begin_shutdown;
+use std::future::IntoFuture;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 fn init_tracing(json: bool) {
@@ -78,13 +80,31 @@ async fn serve(
         cancel.clone(),
     ));
     let settle = Duration::from_millis(settings.shutdown_settle_ms);
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(begin_shutdown(state, settle))
-        .await?;
+    let draining = Arc::new(Notify::new());
+    let signalled = Arc::clone(&draining);
+    let server = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(async move { begin_shutdown(state, settle, &signalled).await })
+        .into_future();
+    tokio::pin!(server);
+    // One deadline for the whole drain, from the moment new work is refused: in-flight HTTP
+    // requests first, then what the engine still holds.
+    let deadline = tokio::select! {
+        served = &mut server => {
+            served?;
+            tokio::time::Instant::now() + settings.drain_timeout()
+        }
+        () = draining.notified() => {
+            let deadline = tokio::time::Instant::now() + settings.drain_timeout();
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(served) => served?,
+                Err(_) => tracing::warn!("in-flight requests did not finish within the drain deadline; closing their connections"),
+            }
+            deadline
+        }
+    };
     cancel.cancel();
     let _ = watcher.await;
-    // In-flight HTTP requests are done; let the engine finish what it still holds, within bounds.
-    if tokio::time::timeout(settings.drain_timeout(), backend.shutdown())
+    if tokio::time::timeout_at(deadline, backend.shutdown())
         .await
         .is_err()
     {

@@ -26,6 +26,8 @@ pub struct RequestLabels {
     pub route: String,
     /// HTTP status code.
     pub code: u16,
+    /// The error response's `error_type` (`none` for answers that are not errors).
+    pub error: &'static str,
 }
 
 /// Labels of the request duration histogram.
@@ -102,12 +104,19 @@ impl Metrics {
         }
     }
 
-    /// Records one answered request.
-    pub fn observe_request(&self, route: &str, code: u16, elapsed: Duration) {
+    /// Records one answered request (`error`: its `error_type`, if it is an error response).
+    pub fn observe_request(
+        &self,
+        route: &str,
+        code: u16,
+        error: Option<&'static str>,
+        elapsed: Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
                 code,
+                error: error.unwrap_or("none"),
             })
             .inc();
         self.durations

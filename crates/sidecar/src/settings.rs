@@ -43,7 +43,8 @@ pub struct Settings {
     /// How often the config file is checked for changes, milliseconds.
     #[arg(long, env = "GPUPOOL_RELOAD_INTERVAL_MS", default_value_t = 1000)]
     pub reload_interval_ms: u64,
-    /// Longest shutdown waits for in-flight requests, seconds.
+    /// Longest the drain after a termination signal may take, seconds, counted from when new
+    /// work is refused: in-flight HTTP requests, then what the engine still holds.
     #[arg(long, env = "GPUPOOL_DRAIN_SECONDS", default_value_t = 25)]
     pub drain_seconds: u64,
     /// After SIGTERM, how long readiness is off before new work is refused (endpoint propagation).

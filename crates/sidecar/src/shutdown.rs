@@ -1,11 +1,13 @@
 //! Graceful shutdown: on SIGTERM (or Ctrl-C) readiness goes false at once so the Service stops
 //! routing here; after `settle` (time for endpoints to propagate) new work is refused with 503;
 //! the server stops accepting connections and waits for in-flight requests; the engine drains
-//! its queues. The caller bounds the whole drain with a deadline.
+//! its queues. The caller bounds the whole drain (HTTP and engine) with one deadline, which starts
+//! when `draining` is notified.
 
 use crate::http::AppState;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn termination_signal() {
@@ -30,9 +32,9 @@ pub async fn termination_signal() {
     }
 }
 
-/// Waits for a termination signal, then walks readiness and admission down; returns when the
-/// server should stop accepting connections.
-pub async fn begin_shutdown(state: AppState, settle: Duration) {
+/// Waits for a termination signal, then walks readiness and admission down; notifies `draining`
+/// and returns when the server should stop accepting connections.
+pub async fn begin_shutdown(state: AppState, settle: Duration, draining: &Notify) {
     termination_signal().await;
     tracing::info!(
         settle_ms = settle.as_millis() as u64,
@@ -42,4 +44,5 @@ pub async fn begin_shutdown(state: AppState, settle: Duration) {
     tokio::time::sleep(settle).await;
     state.accepting.store(false, Ordering::SeqCst);
     tracing::info!("refusing new work; draining in-flight requests");
+    draining.notify_one();
 }

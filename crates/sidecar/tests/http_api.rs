@@ -457,6 +457,15 @@ async fn open_inference_protocol_infers_and_refuses_bad_tensors() {
     }
     let (status, answer) = oip(s, "nope", json!({"inputs": []})).await;
     assert_error(status, &answer, 404, "unknown_model");
+    // Errors are counted by type.
+    let metrics = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let unknown = r#"gpupool_sidecar_http_requests_total{route="/v2/models/{model}/infer",code="404",error="unknown_model"}"#;
+    assert!(metrics.contains(unknown), "{unknown} missing from /metrics");
     let (status, meta) = s.get_json("/v2/models/unet_spherohq").await;
     assert_eq!(status, 200);
     assert_eq!(meta["inputs"][0]["shape"], json!([-1, 3, SIZE, SIZE]));

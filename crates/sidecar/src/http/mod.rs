@@ -6,7 +6,7 @@ mod oip;
 mod ops;
 mod segment;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorType};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -117,7 +117,7 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
     }
 }
 
-/// Counts and times every request by route template and status.
+/// Counts and times every request by route template, status and error type.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -126,8 +126,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
     let response = next.run(request).await;
+    let error = response.extensions().get::<ErrorType>().map(|e| e.0);
     state
         .metrics
-        .observe_request(&route, response.status().as_u16(), started.elapsed());
+        .observe_request(&route, response.status().as_u16(), error, started.elapsed());
     response
 }
