@@ -237,22 +237,31 @@ impl Engine {
                 });
             }
             Job::Segment { image, .. } => {
-                // An image whose processing alone can never fit the budget is refused now, not
-                // after waiting in the queue for memory that will not come.
+                // An image whose processing can never fit the budget next to the model's weights
+                // is refused now, not after waiting in the queue for memory that will not come.
+                let precision = entry.target_precision();
                 let scratch = entry.scratch_bytes(&job);
                 let one = entry
-                    .batch_costs(entry.target_precision(), 1, &s.options)
+                    .batch_costs(precision, 1, &s.options)
                     .first()
                     .copied()
                     .unwrap_or(0);
-                if scratch.saturating_add(one) > s.ledger.budget() {
+                let weights = entry
+                    .runtime
+                    .lock()
+                    .weights
+                    .get(&precision)
+                    .copied()
+                    .unwrap_or(0);
+                let needed = scratch.saturating_add(one).saturating_add(weights);
+                if needed > s.ledger.budget() {
                     return Err(InferError::InvalidRequest {
                         model: model.to_owned(),
                         message: format!(
-                            "a {}×{} image needs {} bytes of device memory to process with a batch of one, more than the {} byte budget",
+                            "a {}×{} image needs {} bytes of device memory to process with a batch of one next to the model's weights, more than the {} byte budget",
                             image.width(),
                             image.height(),
-                            scratch.saturating_add(one),
+                            needed,
                             s.ledger.budget()
                         ),
                     });

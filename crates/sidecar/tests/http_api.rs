@@ -458,12 +458,7 @@ async fn open_inference_protocol_infers_and_refuses_bad_tensors() {
     let (status, answer) = oip(s, "nope", json!({"inputs": []})).await;
     assert_error(status, &answer, 404, "unknown_model");
     // Errors are counted by type.
-    let metrics = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     let unknown = r#"gpupool_sidecar_http_requests_total{route="/v2/models/{model}/infer",code="404",error="unknown_model"}"#;
     assert!(metrics.contains(unknown), "{unknown} missing from /metrics");
     let (status, meta) = s.get_json("/v2/models/unet_spherohq").await;
@@ -535,12 +530,7 @@ async fn concurrent_requests_share_batches_and_metrics_tell() {
         batches < images,
         "24 concurrent requests ran in {batches} batches: no batching"
     );
-    let text = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = s.metrics().await;
     for name in [
         "gpupool_sidecar_http_requests_total",
         "gpupool_sidecar_queue_depth",

@@ -153,6 +153,16 @@ impl Sidecar {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// GET /metrics: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// POST /api/v1/segment with `image` and extra text fields.
     pub async fn segment(
         &self,
