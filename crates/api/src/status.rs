@@ -39,7 +39,7 @@ pub struct InferencePoolStatus {
     /// Summary of the latest telemetry from the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<TelemetrySummary>,
-    /// When the operator last changed the replica count or slots on its own (RFC 3339).
+    /// When the autoscaler last changed the replica count (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,
 }

@@ -234,8 +234,11 @@ pub fn decide_replicas(input: &ScalingInput) -> ScaleDecision {
         return decision(replicas, format!("{why}: scaling out to {replicas}"), reset);
     }
 
+    // Every pod must have reported: a silent one may be the busy one.
+    let reported = i32::try_from(samples.len()).unwrap_or(i32::MAX);
     let calm = !samples.is_empty()
         && ready >= current
+        && reported >= current
         && samples.iter().all(|s| {
             s.memory_used_fraction < t.memory_pressure_watermark * SCALE_IN_FRACTION
                 && f64::from(s.queue_depth) < target as f64 * SCALE_IN_FRACTION
@@ -417,6 +420,19 @@ mod tests {
         i.now_s = 1300;
         let d = decide_replicas(&i);
         assert_eq!((d.replicas, d.direction), (2, ScaleDirection::Down));
+    }
+
+    #[test]
+    fn a_silent_pod_keeps_the_pool_from_scaling_in() {
+        // Three pods ready, two reported calm: the third may be the busy one.
+        let mut i = input(3, vec![quiet(); 2]);
+        i.stabilization.down_since_s = Some(0);
+        let d = decide_replicas(&i);
+        assert_eq!((d.replicas, d.direction), (3, ScaleDirection::Hold));
+        assert_eq!(
+            d.stabilization.down_since_s, None,
+            "the calm timer restarts"
+        );
     }
 
     #[test]
