@@ -31,12 +31,10 @@ use tokio::sync::oneshot;
 pub(crate) enum Job {
     /// Pre-processed CHW float image at the model's input size; the logits come back.
     Logits(Vec<f32>),
-    /// A decoded image; its mask at its own size comes back.
+    /// A decoded image; its foreground probabilities at its own size come back.
     Segment {
         /// The pixels.
         image: RawImage,
-        /// Probability above which a pixel is foreground.
-        threshold: f32,
     },
 }
 
@@ -45,10 +43,7 @@ impl Job {
     pub fn staged(&self) -> Staged<'_> {
         match self {
             Job::Logits(_) => Staged::Tensor,
-            Job::Segment { image, threshold } => Staged::Image {
-                image,
-                threshold: *threshold,
-            },
+            Job::Segment { image } => Staged::Image { image },
         }
     }
 
@@ -66,13 +61,9 @@ impl Job {
 pub(crate) enum Output {
     /// H × W logits at the model's input size.
     Logits(Vec<f32>),
-    /// Mask and probabilities at the image's size.
-    Mask {
-        /// 0/1 per pixel.
-        mask: Vec<u8>,
-        /// Foreground probability per pixel.
-        probabilities: Vec<f32>,
-    },
+    /// Foreground probability of every pixel at the image's size (the mask is thresholded from
+    /// them on the CPU, so only they cross the bus).
+    Probabilities(Vec<f32>),
 }
 
 /// One image's answer.

@@ -172,13 +172,13 @@ impl Engine {
                 logits,
                 batch_size: answer.batch_size,
             }),
-            Output::Mask { .. } => Err(mismatched(model)),
+            Output::Probabilities(_) => Err(mismatched(model)),
         }
     }
 
     /// Segments a decoded image with `model`: resized and normalised for the model, run in a
-    /// batch, and its foreground probabilities resized back to the image's size and thresholded,
-    /// all on the model's device (`crate::image` says why). Refused like [`Engine::infer`], and
+    /// batch, and its foreground probabilities resized back to the image's size, all on the
+    /// model's device (`crate::image` says why); [`Segmentation::mask`] thresholds them. Refused like [`Engine::infer`], and
     /// with [`InferError::InvalidRequest`] for a threshold outside 0..1.
     pub async fn segment(
         &self,
@@ -193,18 +193,13 @@ impl Engine {
             });
         }
         let (width, height) = (image.width(), image.height());
-        let answer = self
-            .run_job(model, Job::Segment { image, threshold })
-            .await?;
+        let answer = self.run_job(model, Job::Segment { image }).await?;
         match answer.output {
-            Output::Mask {
-                mask,
-                probabilities,
-            } => Ok(Segmentation {
+            Output::Probabilities(probabilities) => Ok(Segmentation {
                 width,
                 height,
-                mask,
                 probabilities,
+                threshold,
                 batch_size: answer.batch_size,
             }),
             Output::Logits(_) => Err(mismatched(model)),

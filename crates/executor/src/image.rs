@@ -215,44 +215,49 @@ pub(crate) fn to_model_input(
     rgb.f_sub(&norm.mean)?.f_div(&norm.std)?.f_contiguous()
 }
 
-/// A segmented image: foreground mask and probabilities at the image's own size, row-major.
+/// A segmented image: foreground probabilities at the image's own size, row-major, and the
+/// threshold that makes its mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segmentation {
     /// Pixels across (the uploaded image's).
     pub width: u32,
     /// Pixels down.
     pub height: u32,
-    /// 1 where the probability is above the threshold, else 0.
-    pub mask: Vec<u8>,
     /// Foreground probability of each pixel.
     pub probabilities: Vec<f32>,
+    /// Probability above which a pixel is foreground.
+    pub threshold: f32,
     /// How many images the forward pass that produced it ran (after any out-of-memory split).
     pub batch_size: u32,
 }
 
-/// Sigmoid, resize to `width × height` (bilinear, antialiased when shrinking), threshold: the
-/// original service's post-processing up to the contours, for one image's `[1, 1, H, W]` logits.
-/// Returns (mask, probabilities) on the host.
-pub(crate) fn to_mask(
+impl Segmentation {
+    /// The foreground mask: 1 where the probability is above the threshold, else 0 — the
+    /// comparison PyTorch makes (float32 against the threshold as float32), made here on the
+    /// CPU, by whoever needs the mask, off the slot's thread.
+    pub fn mask(&self) -> Vec<u8> {
+        self.probabilities
+            .iter()
+            .map(|&p| u8::from(p > self.threshold))
+            .collect()
+    }
+}
+
+/// Sigmoid and resize to `width × height` (bilinear, antialiased when shrinking): the original
+/// service's post-processing up to the threshold, for one image's `[1, 1, H, W]` logits. Returns
+/// the probabilities, flat and row-major, on the logits' device; the threshold is applied on the
+/// CPU ([`Segmentation::mask`]), so only the probabilities cross the bus.
+pub(crate) fn to_probabilities(
     logits: &Tensor,
     width: u32,
     height: u32,
-    threshold: f32,
-) -> Result<(Vec<u8>, Vec<f32>), tch::TchError> {
-    let probs = resize(
+) -> Result<Tensor, tch::TchError> {
+    resize(
         &logits.f_to_kind(Kind::Float)?.f_sigmoid()?,
         i64::from(height),
         i64::from(width),
-    )?;
-    let mask = probs
-        .f_gt(f64::from(threshold))?
-        .f_to_kind(Kind::Uint8)?
-        .f_flatten(0, -1)?
-        .f_to_device_(Device::Cpu, Kind::Uint8, false, false)?;
-    let probs = probs
-        .f_flatten(0, -1)?
-        .f_to_device_(Device::Cpu, Kind::Float, false, false)?;
-    Ok((Vec::<u8>::try_from(&mask)?, Vec::<f32>::try_from(&probs)?))
+    )?
+    .f_flatten(0, -1)
 }
 
 #[cfg(test)]
@@ -335,15 +340,22 @@ mod tests {
                 .collect::<Vec<_>>(),
         )
         .view([1, 1, 8, 8]);
-        let (mask, probs) = to_mask(&logits, 6, 3, 0.5).unwrap();
-        assert_eq!(mask.len(), 18);
-        assert_eq!(probs.len(), 18);
+        let probs = to_probabilities(&logits, 6, 3).unwrap();
+        let segmentation = |threshold| Segmentation {
+            width: 6,
+            height: 3,
+            probabilities: Vec::<f32>::try_from(&probs).unwrap(),
+            threshold,
+            batch_size: 1,
+        };
+        let s = segmentation(0.5);
+        assert_eq!(s.probabilities.len(), 18);
+        let mask = s.mask();
         for row in mask.chunks(6) {
             assert_eq!(row, [1, 1, 1, 0, 0, 0]);
         }
-        assert!((probs[0] - 0.982).abs() < 1e-3);
+        assert!((s.probabilities[0] - 0.982).abs() < 1e-3);
         // A higher threshold than every probability leaves nothing.
-        let (none, _) = to_mask(&logits, 6, 3, 0.99).unwrap();
-        assert!(none.iter().all(|&m| m == 0));
+        assert!(segmentation(0.99).mask().iter().all(|&m| m == 0));
     }
 }

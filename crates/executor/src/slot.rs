@@ -245,14 +245,7 @@ fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
         let output = match (failure_of(i), &request.job) {
             (Some(f), _) => Err(f.clone()),
             (None, Job::Logits(_)) => stager.read(i).map(Output::Logits),
-            (None, Job::Segment { .. }) => {
-                stager
-                    .take_mask(i)
-                    .map(|(mask, probabilities)| Output::Mask {
-                        mask,
-                        probabilities,
-                    })
-            }
+            (None, Job::Segment { .. }) => stager.take_probabilities(i).map(Output::Probabilities),
         };
         let answer = output.map(|output| Answer {
             output,

@@ -3,7 +3,8 @@
 //! and its logits copied back (again without blocking) into a second host tensor; one
 //! synchronisation per run. The buffers are reused from batch to batch, so the hot path allocates
 //! no host memory. Segmentation jobs skip the float staging: their decoded pixels go up as they
-//! are and their masks come back at the image's size (`crate::image`).
+//! are and their foreground probabilities come back at the image's size (`crate::image`), copied
+//! into pinned host tensors without blocking, like the logits.
 
 use crate::cuda::{self, ComputeDevice};
 use crate::image::{self, DeviceNormalisation, Normalisation, RawImage};
@@ -18,17 +19,12 @@ use tch::{Kind, Tensor};
 pub(crate) enum Staged<'a> {
     /// A pre-processed float image written with [`Stager::stage`]; its logits are read back.
     Tensor,
-    /// A decoded image, pre- and post-processed on the device; its mask is read back.
+    /// A decoded image, pre- and post-processed on the device; its probabilities are read back.
     Image {
         /// The pixels.
         image: &'a RawImage,
-        /// Probability above which a pixel is foreground.
-        threshold: f32,
     },
 }
-
-/// A mask and its probabilities at the image's size, waiting to be taken.
-type MaskAndProbabilities = (Vec<u8>, Vec<f32>);
 
 struct Buffers {
     input: Tensor,
@@ -46,7 +42,9 @@ pub(crate) struct Stager {
     /// `norm` on the device, made at the first decoded image.
     device_norm: Option<DeviceNormalisation>,
     buffers: Option<Buffers>,
-    masks: Vec<Option<MaskAndProbabilities>>,
+    /// Per decoded image of the last batch, its probabilities on the host (pinned on a GPU, the
+    /// copy queued on the slot's stream), until [`Stager::take_probabilities`].
+    probabilities: Vec<Option<Tensor>>,
 }
 
 fn other(e: impl std::fmt::Display) -> ForwardFailure {
@@ -69,7 +67,7 @@ impl Stager {
             norm: entry.norm,
             device_norm: None,
             buffers: None,
-            masks: Vec::new(),
+            probabilities: Vec::new(),
         }
     }
 
@@ -141,7 +139,8 @@ impl Stager {
 
     /// Runs images `range` of a batch whose images are `kinds` (missing entries are
     /// [`Staged::Tensor`]): logits of float images go to the output buffer ([`Stager::read`]),
-    /// masks of decoded ones are kept for [`Stager::take_mask`]. Returns once all are on the host.
+    /// probabilities of decoded ones are kept for [`Stager::take_probabilities`]. Returns once all
+    /// are on the host.
     pub fn run_batch(
         &mut self,
         model: &LoadedModel,
@@ -181,8 +180,8 @@ impl Stager {
         let out = model.forward(&input, stream)?;
         drop(input);
         check_shape(&out, range.len(), h, w)?;
-        if self.masks.len() < range.end {
-            self.masks.resize(range.end, None);
+        if self.probabilities.len() < range.end {
+            self.probabilities.resize_with(range.end, || None);
         }
         for (j, i) in range.enumerate() {
             let item = out.f_narrow(0, to_i64(j), 1).map_err(torch)?;
@@ -194,11 +193,18 @@ impl Stager {
                     cuda::tensor_copy(&mut host, &flat, device.is_cuda())
                         .map_err(|e| ForwardFailure::classify(e.to_string()))?;
                 }
-                Staged::Image { image, threshold } => {
-                    self.masks[i] = Some(
-                        image::to_mask(&item, image.width(), image.height(), threshold)
-                            .map_err(torch)?,
-                    );
+                Staged::Image { image } => {
+                    let probs = image::to_probabilities(&item, image.width(), image.height())
+                        .map_err(torch)?;
+                    let host = if device.is_cuda() {
+                        let mut host = cuda::empty_pinned(&probs.size()).map_err(other)?;
+                        cuda::tensor_copy(&mut host, &probs, true)
+                            .map_err(|e| ForwardFailure::classify(e.to_string()))?;
+                        host
+                    } else {
+                        probs
+                    };
+                    self.probabilities[i] = Some(host);
                 }
             }
         }
@@ -207,12 +213,16 @@ impl Stager {
             .map_err(|e| ForwardFailure::classify(e.to_string()))
     }
 
-    /// Takes the mask and probabilities of decoded image `i` (after [`Stager::run_batch`]).
-    pub fn take_mask(&mut self, i: usize) -> Result<MaskAndProbabilities, ForwardFailure> {
-        self.masks
+    /// Takes the probabilities of decoded image `i` (after [`Stager::run_batch`]).
+    pub fn take_probabilities(&mut self, i: usize) -> Result<Vec<f32>, ForwardFailure> {
+        let host = self
+            .probabilities
             .get_mut(i)
             .and_then(Option::take)
-            .ok_or_else(|| ForwardFailure::Other(format!("no mask was computed for image {i}")))
+            .ok_or_else(|| {
+                ForwardFailure::Other(format!("no probabilities were computed for image {i}"))
+            })?;
+        Vec::<f32>::try_from(&host).map_err(other)
     }
 
     fn run_tensors(

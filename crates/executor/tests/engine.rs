@@ -284,15 +284,13 @@ async fn image_processing_memory_is_admitted_with_the_batch() {
     let small = RawImage::new(90, 70, 3, Samples::U8(vec![200; 90 * 70 * 3])).unwrap();
     let seg = engine.segment("unet", small, 0.5).await.unwrap();
     assert_eq!((seg.width, seg.height), (90, 70));
-    assert_eq!(
-        (seg.mask.len(), seg.probabilities.len()),
-        (90 * 70, 90 * 70)
-    );
-    assert!(seg.mask.iter().all(|&m| m <= 1));
+    let mask = seg.mask();
+    assert_eq!((mask.len(), seg.probabilities.len()), (90 * 70, 90 * 70));
+    assert!(mask.iter().all(|&m| m <= 1));
     assert!(seg
         .probabilities
         .iter()
-        .zip(&seg.mask)
+        .zip(&mask)
         .all(|(&p, &m)| (p > 0.5) == (m == 1)));
 
     // 3000×3000 RGB: ~240 MB of resizing scratch against a 96 MiB budget.
@@ -347,7 +345,7 @@ async fn tensors_and_images_share_a_batch() {
     );
     assert!(max_abs_diff(&tensor.logits, &expected[0]) < 1e-4);
     assert_eq!(
-        (segment.width, segment.height, segment.mask.len()),
+        (segment.width, segment.height, segment.mask().len()),
         (50, 30, 1500)
     );
     engine.shutdown().await;

@@ -155,10 +155,11 @@ impl Pipeline {
         let return_mask = request.return_mask;
         let (polygons, mask_png) = blocking(move || {
             let s = &segmentation;
+            let mask = s.mask();
             let polygons =
-                polygons_from_mask(&s.mask, &s.probabilities, s.width, s.height, &options)?;
+                polygons_from_mask(&mask, &s.probabilities, s.width, s.height, &options)?;
             let png = return_mask
-                .then(|| mask_png(&s.mask, s.width, s.height))
+                .then(|| mask_png(&mask, s.width, s.height))
                 .transpose()
                 .map_err(|e| ApiError::Internal(format!("encoding the mask: {e}")))?;
             Ok::<_, ApiError>((polygons, png))
