@@ -224,6 +224,12 @@ impl<'a> PoolReconciler<'a> {
     }
 
     async fn reconcile(&self) -> Result<Action, Error> {
+        // Being deleted (the garbage collector is removing the children, in the foreground when
+        // asked): applying them again would recreate what it just removed, GPU pods included.
+        if self.pool.metadata.deletion_timestamp.is_some() {
+            tracing::info!("pool is being deleted; leaving its children to the garbage collector");
+            return Ok(Action::await_change());
+        }
         let observed = self.observe().await?;
         let telemetry = self.collect_telemetry(&observed.pods).await;
         let measured = self.measured_profiles(observed.deployment.is_some()).await;

@@ -9,7 +9,7 @@ use crate::error::Error;
 use gpupool_api::sidecar::{
     AdmissionConfig, SidecarConfig, SidecarModelConfig, SIDECAR_CONFIG_FILE, SIDECAR_CONFIG_KIND,
 };
-use gpupool_api::{InferencePool, PoolPlan, API_VERSION};
+use gpupool_api::{InferencePool, PoolPlan, Precision, API_VERSION};
 use gpupool_planner::MeasuredProfiles;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -109,7 +109,13 @@ pub fn sidecar_config(pool: &InferencePool, plan: &PoolPlan) -> SidecarConfig {
                 name: m.name.clone(),
                 source: m.source.clone(),
                 input: m.input.clone(),
-                precision: planned.map_or(m.precision, |p| p.precision),
+                // `auto` stays `auto`: the plan resolves it only to size memory, while the pod
+                // measures on its own GPU and knows what a package was compiled at (an explicit
+                // fp16 would make an fp32 or bf16 package unloadable).
+                precision: match m.precision {
+                    Precision::Auto => Precision::Auto,
+                    _ => planned.map_or(m.precision, |p| p.precision),
+                },
                 max_batch: planned.map_or(m.max_batch, |p| p.batch_size.max(1)),
                 slots: planned.map_or(1, |p| p.slots.max(1)),
                 max_queue_delay_ms: m.max_queue_delay_ms,

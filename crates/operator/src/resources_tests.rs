@@ -87,7 +87,10 @@ fn config_map_carries_the_plan_as_a_sidecar_document() {
     assert_eq!(doc.streams, 4);
     assert_eq!(doc.models.len(), 2);
     assert_eq!((doc.models[0].max_batch, doc.models[0].slots), (8, 2));
-    assert_eq!(doc.models[1].precision, gpupool_api::Precision::Fp16);
+    // An explicit precision is the plan's; `auto` reaches the pod as `auto`, which measures on its
+    // own GPU (and runs a package at the precision it was compiled for).
+    assert_eq!(doc.models[0].precision, gpupool_api::Precision::Fp16);
+    assert_eq!(doc.models[1].precision, gpupool_api::Precision::Auto);
     assert_eq!(doc.admission.reject_above, 0.90);
 }
 

@@ -113,12 +113,12 @@ impl Pipeline {
             })
     }
 
-    /// Segments one image.
-    pub async fn segment(&self, request: SegmentRequest) -> Result<SegmentResponse, ApiError> {
-        let started = Instant::now();
+    /// Checks what a segmentation request asks before its image is touched: threshold and
+    /// minimum area in range, the model known and serving. A batch request checks once for all
+    /// its images, so a problem of the whole request fails the whole request (4xx or 503).
+    pub fn check(&self, request: &SegmentRequest) -> Result<ModelInfo, ApiError> {
         within("threshold", request.threshold, &THRESHOLD_RANGE)?;
         within("min_area", request.min_area, &MIN_AREA_RANGE)?;
-        // Refuse unknown or broken models before spending CPU on the image.
         let model = self.model(&request.model)?;
         if !model.serviceable() {
             return Err(crate::backend::BackendError::ModelNotReady {
@@ -127,6 +127,14 @@ impl Pipeline {
             }
             .into());
         }
+        Ok(model)
+    }
+
+    /// Segments one image.
+    pub async fn segment(&self, request: SegmentRequest) -> Result<SegmentResponse, ApiError> {
+        let started = Instant::now();
+        // Refuse bad options and unknown or broken models before spending CPU on the image.
+        let model = self.check(&request)?;
 
         let limits = self.limits;
         let image = request.image;

@@ -25,7 +25,9 @@ pub async fn watch_config(
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+    // Nothing seen yet: the first tick parses the file and compares the document with `current`,
+    // so a change made between start-up's read and this watcher's start is applied, not missed.
+    let mut last_text = String::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -39,8 +41,11 @@ pub async fn watch_config(
         if text == last_text {
             continue;
         }
+        // Parse the text just read (a second read could catch the file mid-swap and lose it).
+        let parsed =
+            SidecarConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()));
         last_text = text;
-        let next = match load_config(&path) {
+        let next = match parsed {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring invalid config change; keeping the running config");

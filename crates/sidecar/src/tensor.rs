@@ -32,10 +32,12 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_f64<E: Error>(self, v: f64) -> Result<(), E> {
-        if !v.is_finite() {
-            return Err(E::custom("tensor values must be finite"));
+        // Checked as FP32: 1e39 is a finite f64 but an infinite f32.
+        let value = v as f32;
+        if !value.is_finite() {
+            return Err(E::custom("tensor values must be finite FP32 numbers"));
         }
-        self.0.push(v as f32);
+        self.0.push(value);
         Ok(())
     }
 
@@ -84,5 +86,12 @@ mod tests {
         assert!(serde_json::from_str::<FlatTensor>("[1, \"x\"]").is_err());
         assert!(serde_json::from_str::<FlatTensor>("[1, null]").is_err());
         assert!(serde_json::from_str::<FlatTensor>("3").is_err());
+    }
+
+    #[test]
+    fn values_beyond_fp32_are_refused() {
+        let err = serde_json::from_str::<FlatTensor>("[1, 1e39]").expect_err("1e39 is no FP32");
+        assert!(err.to_string().contains("finite FP32"), "{err}");
+        assert!(serde_json::from_str::<FlatTensor>("[3.4e38]").is_ok());
     }
 }

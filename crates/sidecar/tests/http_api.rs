@@ -251,6 +251,32 @@ async fn batch_segment_answers_each_image_and_isolates_a_bad_one() {
         body["results"][2]["image_size"],
         json!({"width": 80, "height": 80})
     );
+    // A problem of the whole request (here the threshold) fails the whole request, as it would
+    // for one image, and in order: twelve images, more than are in flight at once, keep theirs.
+    let form = reqwest::multipart::Form::new()
+        .text("model", "unet_spherohq")
+        .text("threshold", "0.95")
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(png(64, 64)).file_name("a.png"),
+        );
+    let (status, body) = s.post_form("/api/v1/batch-segment", form).await;
+    assert_error(status, &body, 400, "invalid_field");
+    let mut form = reqwest::multipart::Form::new().text("model", "unet_spherohq");
+    for i in 0..12u32 {
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(png(40 + i, 30)).file_name(format!("{i}.png")),
+        );
+    }
+    let (status, body) = s.post_form("/api/v1/batch-segment", form).await;
+    assert_eq!((status, &body["successful"]), (200, &json!(12)), "{body}");
+    for i in 0..12u32 {
+        assert_eq!(
+            body["results"][i as usize]["image_size"],
+            json!({"width": 40 + i, "height": 30})
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The Open Inference Protocol (KServe v2) REST endpoints: health, metadata and tensor inference,
 //! so standard clients and gateways can drive the models directly with pre-processed tensors.
 
+use super::segment::IMAGES_IN_FLIGHT;
 use super::AppState;
 use crate::error::ApiError;
 use crate::tensor::FlatTensor;
@@ -8,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use futures::future::try_join_all;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -155,10 +156,16 @@ pub async fn infer(
         });
     }
     let backend = state.pipeline.backend().clone();
-    let runs = values
+    // As many images in flight as a batch request's (`IMAGES_IN_FLIGHT`): a large request must
+    // not fill its model's queue by itself.
+    let runs: Vec<_> = values
         .chunks(per_image)
-        .map(|image| backend.infer(&m.name, image.to_vec()));
-    let results = try_join_all(runs).await?;
+        .map(|image| backend.infer(&m.name, image.to_vec()))
+        .collect();
+    let results: Vec<_> = stream::iter(runs)
+        .buffered(IMAGES_IN_FLIGHT)
+        .try_collect()
+        .await?;
     let mut data = Vec::with_capacity(batch * (h * w) as usize);
     for r in &results {
         data.extend_from_slice(&r.logits);

@@ -8,11 +8,15 @@ use crate::pipeline::SegmentResponse;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::Json;
-use futures::future::join_all;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 /// Most images one batch request may carry.
 pub const MAX_BATCH_FILES: usize = 64;
+
+/// Images of one batch request processed at once.
+pub const IMAGES_IN_FLIGHT: usize = 8;
 
 /// One image in, its polygons out.
 pub async fn segment(
@@ -91,12 +95,19 @@ pub async fn batch_segment(
     }
     let model = form.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
     // Request-level problems fail the whole request before any image is processed.
-    state.pipeline.model(&model)?;
+    state
+        .pipeline
+        .check(&form.request(Bytes::new(), model.clone()))?;
     let files = std::mem::take(&mut form.files);
     let runs = files
         .into_iter()
         .map(|image| state.pipeline.segment(form.request(image, model.clone())));
-    let results: Vec<BatchItem> = join_all(runs)
+    // A bounded number of images in flight: enough to fill batches, while one request can
+    // neither fill its model's queue (refusals would read as overload to the autoscaler) nor
+    // hold all its decoded images in memory at once.
+    let results: Vec<BatchItem> = stream::iter(runs)
+        .buffered(IMAGES_IN_FLIGHT)
+        .collect::<Vec<_>>()
         .await
         .into_iter()
         .enumerate()
