@@ -17,7 +17,7 @@ use crate::status::{self, Observation, TelemetryView};
 use crate::telemetry::{self, Collector, Telemetry};
 use futures::StreamExt;
 use gpupool_api::{InferencePool, PoolPlan};
-use gpupool_planner::{plan_pool, MeasuredProfiles, PlanError};
+use gpupool_planner::{plan_pool, validate_pool_name, MeasuredProfiles, PlanError};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -233,7 +233,8 @@ impl<'a> PoolReconciler<'a> {
         let observed = self.observe().await?;
         let telemetry = self.collect_telemetry(&observed.pods).await;
         let measured = self.measured_profiles(observed.deployment.is_some()).await;
-        let planned = plan_pool(&self.pool.spec, &measured);
+        let planned = validate_pool_name(&self.pool.name_any())
+            .and_then(|()| plan_pool(&self.pool.spec, &measured));
         let (deployment, scaled) = match &planned {
             Ok(plan) => {
                 let scaled = self

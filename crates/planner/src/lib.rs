@@ -46,4 +46,4 @@ pub use scaling::{
 };
 pub use search::{GRAIN_BYTES, MAX_UNITS, NON_RESIDENT_FACTOR};
 pub use throughput::SpeedCurve;
-pub use validate::validate_spec;
+pub use validate::{validate_pool_name, validate_spec};

@@ -17,6 +17,32 @@ pub const MAX_STREAMS: u32 = 64;
 /// Most concurrent users a pod may be planned for (the CRD's limit).
 pub const MAX_USERS: u32 = 4096;
 
+/// Checks that a pool's name can also name its Service and label its pods: Kubernetes accepts a
+/// custom resource named `seg.v2` or `3d-cells`, but a Service name must be a DNS-1035 label
+/// (lowercase letters, digits and '-', starting with a letter, ending with neither '-') and a
+/// label value at most 63 characters. Checked before anything is applied, so such a pool gets a
+/// condition saying why instead of half its children.
+pub fn validate_pool_name(name: &str) -> Result<(), PlanError> {
+    let bytes = name.as_bytes();
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes.iter().all(allowed)
+        && bytes.last() != Some(&b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::invalid(
+            "metadata.name",
+            format!(
+                "{name:?} cannot name the pool's Service or label its pods: use at most 63 \
+                 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+            ),
+        ))
+    }
+}
+
 /// Checks every field the planner relies on, so planning can assume a sane spec.
 pub fn validate_spec(spec: &InferencePoolSpec) -> Result<(), PlanError> {
     let count = spec.models.len();
@@ -181,6 +207,20 @@ fn validate_scaling(spec: &InferencePoolSpec) -> Result<(), PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_names_must_fit_a_service_and_a_label() {
+        for good in ["spheroid", "seg-v2", "a", &"a".repeat(63)] {
+            assert_eq!(validate_pool_name(good), Ok(()), "{good}");
+        }
+        for bad in ["seg.v2", "3d-cells", "seg-", "Seg", "", &"a".repeat(64)] {
+            let err = validate_pool_name(bad).expect_err(bad);
+            assert!(
+                matches!(&err, PlanError::InvalidSpec { field, .. } if field == "metadata.name"),
+                "{bad}: {err:?}"
+            );
+        }
+    }
     use gpupool_api::model::ProfileHint;
     use gpupool_api::{ModelSource, Precision};
 
