@@ -40,6 +40,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(parent) = settings.parent_pid {
+        exit_with_parent(parent);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,6 +59,28 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "sidecar stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exits the process once `parent` is gone (`--parent-pid`), checking `/proc` every second; where
+/// there is no `/proc` it says so and does nothing.
+fn exit_with_parent(parent: u32) {
+    if !std::path::Path::new("/proc/self").exists() {
+        tracing::warn!(parent, "no /proc here: --parent-pid is ignored");
+        return;
+    }
+    let path = std::path::PathBuf::from(format!("/proc/{parent}"));
+    let watcher = std::thread::Builder::new()
+        .name("gpupool-parent-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if !path.exists() {
+                tracing::warn!(parent, "parent process gone; exiting");
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = watcher {
+        tracing::warn!(parent, error = %e, "cannot watch the parent process");
     }
 }
 

@@ -56,6 +56,10 @@ pub struct Settings {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "GPUPOOL_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Exit when the process with this PID is gone: for a supervisor that runs the sidecar as its
+    /// child outside Kubernetes (a test harness, a local run), so an orphan never keeps the GPU.
+    #[arg(long, env = "GPUPOOL_PARENT_PID")]
+    pub parent_pid: Option<u32>,
 }
 
 impl Settings {

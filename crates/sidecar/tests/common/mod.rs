@@ -97,6 +97,9 @@ impl Sidecar {
             .arg(&config_path)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--device", "cpu"])
             .args(["--reload-interval-ms", "100", "--calibration-iters", "1"])
+            // Shared fixtures live in statics, which are never dropped: the sidecar must not
+            // outlive the test binary that started it.
+            .args(["--parent-pid", &std::process::id().to_string()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
