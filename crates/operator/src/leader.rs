@@ -89,7 +89,7 @@ impl LeaderElector {
     pub async fn acquire(&mut self, cancel: &CancellationToken) -> bool {
         let mut last_holder: Option<String> = None;
         loop {
-            match self.attempt().await {
+            match self.attempt(self.config.renew_deadline).await {
                 Ok(Attempt::Held) => {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "acquired leadership");
                     return true;
@@ -120,7 +120,10 @@ impl LeaderElector {
                 () = cancel.cancelled() => return LeadershipEnd::Cancelled,
                 () = tokio::time::sleep(self.config.retry_period) => {}
             }
-            match self.attempt().await {
+            // An attempt may only use what is left of the renew deadline: a hung request must
+            // not keep this process reconciling after a standby may have taken over.
+            let left = self.config.renew_deadline.saturating_sub(renewed.elapsed());
+            match self.attempt(left).await {
                 Ok(Attempt::Held) => renewed = Instant::now(),
                 // Not renewed this round; the next read shows whether someone took over.
                 Ok(Attempt::Raced) => tracing::warn!("the lease changed under the leader"),
@@ -175,10 +178,9 @@ impl LeaderElector {
             .map_err(|e| LeaderError::Get(self.config.name.clone(), e))
     }
 
-    /// One try to acquire or renew, bounded by the renew deadline.
-    async fn attempt(&mut self) -> Result<Attempt, LeaderError> {
-        let deadline = self.config.renew_deadline;
-        match tokio::time::timeout(deadline, self.try_acquire_or_renew()).await {
+    /// One try to acquire or renew, bounded by `budget`.
+    async fn attempt(&mut self, budget: Duration) -> Result<Attempt, LeaderError> {
+        match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
             Ok(result) => result,
             Err(_) => Err(LeaderError::Timeout(self.config.name.clone())),
         }
