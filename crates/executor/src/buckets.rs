@@ -10,7 +10,8 @@
 //! Which package runs a batch of `n` is a [`Route`]: at first the least padding ([`pick`]); once
 //! calibration has timed every package at the sizes it takes without padding, the one expected to
 //! finish soonest ([`plan_route`]): a fixed batch-8 package padding 6 images may beat a dynamic
-//! one running 6, and on the H200 it did by 1.5× at batch 8 (docs/benchmarks.md).
+//! one running 6 (on the H200, torch.compile ran HRNet 1.6× faster at a static batch of 8 than
+//! with a dynamic batch dimension, docs/benchmarks.md).
 
 use crate::cuda::{AotiPackage, ComputeDevice};
 use crate::model::FileFacts;
