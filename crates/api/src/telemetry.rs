@@ -66,11 +66,6 @@ pub struct DeviceTelemetry {
 }
 
 impl DeviceTelemetry {
-    /// Used memory as a fraction of the card.
-    pub fn used_fraction(&self) -> f64 {
-        self.in_use_fraction(0)
-    }
-
     /// The fraction of the card in use when `cached_bytes` (memory this process's caching
     /// allocator holds for reuse but no tensor occupies) counts as free. Memory pressure and the
     /// circuit breaker read this: the cache serves the process's next batches, and the allocator
@@ -225,7 +220,7 @@ mod tests {
             },
             models: Vec::new(),
         };
-        assert_eq!(device.used_fraction(), 0.9);
+        assert_eq!(device.in_use_fraction(0), 0.9, "nothing cached: all of it");
         assert_eq!(report.memory_in_use_fraction(), 0.4);
         assert_eq!(device.in_use_fraction(500), 0.0, "never below zero");
         let no_device = TelemetryReport {

@@ -122,6 +122,19 @@ pub(crate) fn plan_route(shapes: &[Shape], timings: &[Timing], cap: usize) -> Ve
         .collect()
 }
 
+/// The packages calibration times for a batch of `n`: those that take it without padding, else
+/// the one that pads least ([`pick`]); none when no package takes `n`.
+pub(crate) fn to_time(shapes: &[Shape], n: usize) -> Vec<usize> {
+    let exact: Vec<usize> = (0..shapes.len())
+        .filter(|&b| shapes[b].computed(n) == Some(n))
+        .collect();
+    if exact.is_empty() {
+        pick(shapes, n).into_iter().collect()
+    } else {
+        exact
+    }
+}
+
 /// Which package runs each batch size; changed once, by calibration, before any slot runs, and
 /// read lock-free by every batch.
 #[derive(Debug)]
@@ -207,20 +220,12 @@ pub(crate) fn load(
             .ok()
             .flatten()
             .is_some_and(|v| v.trim() == "true");
-        if let Some(first) = &facts {
-            if first.precision != these.precision {
-                return Err(format!(
-                    "packages in {path} disagree on precision ({:?} and {:?} in {file})",
-                    first.precision, these.precision
-                ));
-            }
-        }
         let shape = Shape {
             max_batch: these.max_batch.unwrap_or(1).max(1),
             fixed,
         };
+        FileFacts::add_package(&mut facts, these, path, &file)?;
         bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        facts.get_or_insert(these);
         buckets.push(Bucket { shape, package });
     }
     let mut facts = facts.unwrap_or_default();
@@ -327,6 +332,20 @@ mod tests {
             [dynamic, dynamic, dynamic, dynamic, dynamic, fixed, fixed, fixed]
         );
         assert_eq!(route[8..], [dynamic; 8]);
+    }
+
+    #[test]
+    fn calibration_times_every_package_that_runs_a_size_unpadded() {
+        let shapes = [DYNAMIC_16, FIXED_8, FIXED_1];
+        assert_eq!(to_time(&shapes, 1), [0, 2]);
+        assert_eq!(to_time(&shapes, 8), [0, 1]);
+        assert_eq!(to_time(&shapes, 5), [0]);
+        assert_eq!(
+            to_time(&[FIXED_8], 4),
+            [0],
+            "padded when nothing else takes it"
+        );
+        assert!(to_time(&[FIXED_8], 9).is_empty());
     }
 
     #[test]

@@ -131,11 +131,7 @@ impl Engine {
         });
         if let Some(probe) = probe {
             let device = shared.device;
-            let cached_bytes = move || {
-                device
-                    .allocator_stats()
-                    .map_or(0, |a| a.reserved.saturating_sub(a.allocated))
-            };
+            let cached_bytes = move || device.allocator_stats().map_or(0, |a| a.cached());
             shared.circuit.observe(probe.sample(), cached_bytes());
             let s = Arc::clone(&shared);
             shared.spawn("gpupool-sampler".into(), move || {
@@ -178,8 +174,9 @@ impl Engine {
 
     /// Segments a decoded image with `model`: resized and normalised for the model, run in a
     /// batch, and its foreground probabilities resized back to the image's size, all on the
-    /// model's device (`crate::image` says why); [`Segmentation::mask`] thresholds them. Refused like [`Engine::infer`], and
-    /// with [`InferError::InvalidRequest`] for a threshold outside 0..1.
+    /// model's device (`crate::image` says why); [`Segmentation::mask`] thresholds them. Refused
+    /// like [`Engine::infer`], and with [`InferError::InvalidRequest`] for a threshold outside
+    /// 0..1.
     pub async fn segment(
         &self,
         model: &str,
@@ -241,13 +238,7 @@ impl Engine {
                     .first()
                     .copied()
                     .unwrap_or(0);
-                let weights = entry
-                    .runtime
-                    .lock()
-                    .weights
-                    .get(&precision)
-                    .copied()
-                    .unwrap_or(0);
+                let weights = entry.measured_weights(precision).unwrap_or(0);
                 let needed = scratch.saturating_add(one).saturating_add(weights);
                 if needed > s.ledger.budget() {
                     return Err(InferError::InvalidRequest {

@@ -128,7 +128,7 @@ pub(crate) fn load_resident(
 ) -> Result<Arc<Resident>, LoadFailure> {
     let path = crate::config::local_path(&entry.source.uri).to_owned();
     let facts = entry.runtime.lock().facts.clone();
-    let known = entry.runtime.lock().weights.get(&precision).copied();
+    let known = entry.measured_weights(precision);
     // Before the first load: the file's size (a cast copy can briefly need both).
     let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let estimate = known.unwrap_or(file_bytes).max(1);

@@ -32,6 +32,27 @@ impl FileFacts {
             max_batch: get("max_batch").and_then(|s| s.trim().parse().ok()),
         }
     }
+
+    /// Adds what package `file` of directory `path` says to what the earlier ones said: the
+    /// packages of one model must agree on precision; the largest batch is the largest any takes.
+    pub(crate) fn add_package(
+        combined: &mut Option<FileFacts>,
+        these: FileFacts,
+        path: &str,
+        file: &str,
+    ) -> Result<(), String> {
+        match combined {
+            None => *combined = Some(these),
+            Some(first) if first.precision != these.precision => {
+                return Err(format!(
+                    "packages in {path} disagree on precision ({:?} and {:?} in {file})",
+                    first.precision, these.precision
+                ))
+            }
+            Some(first) => first.max_batch = first.max_batch.max(these.max_batch),
+        }
+        Ok(())
+    }
 }
 
 /// Checks that a model file exists and reads its self-description without loading it: the
@@ -42,17 +63,7 @@ pub(crate) fn inspect(path: &str, format: ModelFormat) -> Result<FileFacts, Stri
     if format == ModelFormat::Aotinductor && meta.is_dir() {
         let mut combined: Option<FileFacts> = None;
         for file in buckets::package_files(path)? {
-            let these = package_facts(&file)?;
-            match &mut combined {
-                None => combined = Some(these),
-                Some(first) if first.precision != these.precision => {
-                    return Err(format!(
-                        "packages in {path} disagree on precision ({:?} and {:?} in {file})",
-                        first.precision, these.precision
-                    ))
-                }
-                Some(first) => first.max_batch = first.max_batch.max(these.max_batch),
-            }
+            FileFacts::add_package(&mut combined, package_facts(&file)?, path, &file)?;
         }
         return Ok(combined.unwrap_or_default());
     }

@@ -3,7 +3,7 @@
 //! model's slot threads, wait for them to warm up, and declare the engine started. A model that
 //! cannot load becomes Failed with the reason; the others go on.
 
-use crate::buckets::{pick, plan_route, Timing};
+use crate::buckets::{plan_route, to_time, Timing};
 use crate::calibration::{self, batch_sizes, predict_next};
 use crate::error::{EngineError, InferError};
 use crate::loader::{self, LoadFailure};
@@ -210,15 +210,7 @@ fn measure_sizes(
         let takers: Vec<Option<usize>> = if shapes.is_empty() {
             vec![None]
         } else {
-            let exact: Vec<Option<usize>> = (0..shapes.len())
-                .filter(|&b| shapes[b].computed(n) == Some(n))
-                .map(Some)
-                .collect();
-            if exact.is_empty() {
-                pick(&shapes, n).map(Some).into_iter().collect()
-            } else {
-                exact
-            }
+            to_time(&shapes, n).into_iter().map(Some).collect()
         };
         if takers.is_empty() {
             continue;

@@ -153,6 +153,11 @@ impl ModelEntry {
         self.refresh_cached_settings();
     }
 
+    /// The weights' bytes at `precision` as measured when last loaded at it, if ever.
+    pub fn measured_weights(&self, precision: Precision) -> Option<u64> {
+        self.runtime.lock().weights.get(&precision).copied()
+    }
+
     /// The concrete precision the model should run at now.
     pub fn target_precision(&self) -> Precision {
         let requested = self.settings.read().precision;

@@ -71,7 +71,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "gpupool_sidecar_http_requests",
-            "HTTP requests answered, by route and status code",
+            "HTTP requests answered, by route, status code and error type",
             requests.clone(),
         );
         let durations = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
@@ -300,18 +300,16 @@ impl prometheus_client::collector::Collector for TelemetryCollector {
 
         let waiting: u32 = report.models.iter().map(|m| m.queue_depth).sum();
         let running: u32 = report.models.iter().map(|m| m.in_flight).sum();
-        let memory = report
-            .device
-            .as_ref()
-            .map(|d| d.in_use_fraction(report.allocator.cached_bytes()))
-            .unwrap_or_else(|| {
-                let a = &report.allocator;
-                if a.budget_bytes == 0 {
-                    0.0
-                } else {
-                    a.reserved_bytes as f64 / a.budget_bytes as f64
-                }
-            });
+        let memory = if report.device.is_some() {
+            report.memory_in_use_fraction()
+        } else {
+            let a = &report.allocator;
+            if a.budget_bytes == 0 {
+                0.0
+            } else {
+                a.reserved_bytes as f64 / a.budget_bytes as f64
+            }
+        };
         for (name, value) in [
             ("gpupool_sidecar_num_requests_waiting", f64::from(waiting)),
             ("vllm:num_requests_waiting", f64::from(waiting)),

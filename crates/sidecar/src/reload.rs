@@ -14,7 +14,12 @@ use tokio_util::sync::CancellationToken;
 pub fn load_config(path: &std::path::Path) -> Result<SidecarConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    SidecarConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    parse_config(path, &text)
+}
+
+/// Checks the config document `text`, read from `path` (named in the error).
+fn parse_config(path: &std::path::Path, text: &str) -> Result<SidecarConfig, String> {
+    SidecarConfig::from_yaml(text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Polls `path` every `interval` and applies changed documents to `backend` until cancelled.
@@ -42,8 +47,7 @@ pub async fn watch_config(
             continue;
         }
         // Parse the text just read (a second read could catch the file mid-swap and lose it).
-        let parsed =
-            SidecarConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()));
+        let parsed = parse_config(&path, &text);
         last_text = text;
         let next = match parsed {
             Ok(next) => next,

@@ -21,6 +21,13 @@ pub struct AllocatorStats {
     pub peak_reserved: u64,
 }
 
+impl AllocatorStats {
+    /// Bytes held for reuse that no live tensor occupies.
+    pub fn cached(&self) -> u64 {
+        self.reserved.saturating_sub(self.allocated)
+    }
+}
+
 /// Where models run: the CPU (tests, CI) or one CUDA device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComputeDevice {
