@@ -7,12 +7,22 @@
 
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace {
 struct AotiPackage {
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
 };
+
+// The loader's constructor parses the package's metadata into a function-local static JSON object
+// (load_json_file in model_package_loader.cpp) and copies it out afterwards, so two packages
+// loading at once can each end up with the other's metadata, or none ("No device information
+// found"). Loads are rare and slow anyway; one at a time per process costs nothing that matters.
+std::mutex& load_mutex() {
+  static std::mutex m;
+  return m;
+}
 }  // namespace
 
 extern "C" {
@@ -24,6 +34,7 @@ int gpupool_aoti_load(const char* path, int device_index, size_t num_runners, vo
   *out = nullptr;
   GPUPOOL_GUARD({
     auto package = std::make_unique<AotiPackage>();
+    std::lock_guard<std::mutex> one_load_at_a_time(load_mutex());
     package->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
         std::string(path), "model", false, num_runners, static_cast<c10::DeviceIndex>(device_index));
     *out = package.release();

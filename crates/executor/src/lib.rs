@@ -53,7 +53,7 @@ mod stats;
 mod telemetry;
 
 pub use config::{CalibrationOptions, DeviceChoice, EngineOptions};
-pub use cuda::{AllocatorStats, ComputeDevice, ShimError};
+pub use cuda::{AllocatorStats, AotiPackage, ComputeDevice, ShimError};
 pub use engine::{Engine, Inference};
 pub use error::{EngineError, InferError};
 pub use image::{RawImage, RawImageError, Samples, Segmentation};

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use gpupool_api::telemetry::{ModelState, ModelTelemetry};
 use gpupool_api::{ModelFormat, Precision};
-use gpupool_executor::Engine;
+use gpupool_executor::{AotiPackage, Engine};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fp16_autocast_of_an_fp32_file_is_close_to_fp32() {
@@ -135,6 +135,42 @@ async fn a_dynamic_and_a_fixed_package_are_routed_by_measurement() {
         assert!(diff < 1e-4, "batch of {} differs by {diff}", got.batch_size);
     }
     engine.shutdown().await;
+}
+
+/// Packages loading at the same moment each get their own metadata. libtorch's loader parses a
+/// package's metadata into one process-wide object, so without the shim's load lock a load here
+/// came back with the other package's `max_batch`, or failed with "No device information found"
+/// (which made engines in this file start capped at the wrong batch, or not at all).
+#[test]
+fn packages_loading_at_once_keep_their_own_metadata() {
+    let test = "packages_loading_at_once_keep_their_own_metadata";
+    let (Some(dynamic), Some(fixed)) = (
+        unet_package(&["--max-batch", "4"], test),
+        unet_package(&["--max-batch", "2", "--static"], test),
+    ) else {
+        return;
+    };
+    let loaders: Vec<_> = (0..8)
+        .map(|i| {
+            let (path, want) = if i % 2 == 0 {
+                (&dynamic, "4")
+            } else {
+                (&fixed, "2")
+            };
+            let path = path.display().to_string();
+            std::thread::spawn(move || {
+                for round in 0..40 {
+                    let package = AotiPackage::load(&path, None, 1)
+                        .unwrap_or_else(|e| panic!("load {round} of {path}: {e}"));
+                    let got = package.metadata("max_batch").unwrap();
+                    assert_eq!(got.as_deref(), Some(want), "load {round} of {path}");
+                }
+            })
+        })
+        .collect();
+    for loader in loaders {
+        loader.join().unwrap();
+    }
 }
 
 /// `auto` precision on a package compiled at bf16: the engine reads the package's precision from

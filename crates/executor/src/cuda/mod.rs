@@ -4,8 +4,8 @@
 
 pub(crate) mod ffi;
 
-pub use ffi::ShimError;
-pub(crate) use ffi::{AotiPackage, AutocastGuard};
+pub(crate) use ffi::AutocastGuard;
+pub use ffi::{AotiPackage, ShimError};
 use tch::Device;
 
 /// Allocator counters of the CUDA caching allocator, in bytes.
