@@ -17,8 +17,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    PodTemplateSpec, Probe, ResourceFieldSelector, ResourceRequirements, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -59,6 +59,8 @@ pub const POOL_LABEL: &str = "gpupool.io/pool";
 pub const MEASUREMENTS_FILE: &str = "measured-profiles.json";
 /// Name of the sidecar container.
 pub const CONTAINER_NAME: &str = "sidecar";
+/// The sidecar's variable for its container's memory limit, bytes (downward API).
+pub const MEMORY_LIMIT_ENV: &str = "GPUPOOL_MEMORY_LIMIT_BYTES";
 
 /// What the operator supplies to pods beyond the pool's own spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,6 +339,21 @@ fn env() -> Vec<EnvVar> {
         value("GPUPOOL_DRAIN_SECONDS", DRAIN_SECONDS),
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
+        // The container's memory limit in bytes as the kubelet resolves it (a LimitRange default
+        // or a VPA change included; the node's allocatable memory without a limit): the sidecar
+        // sizes its host-memory budget for images from it.
+        EnvVar {
+            name: MEMORY_LIMIT_ENV.into(),
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: Some(CONTAINER_NAME.into()),
+                    resource: "limits.memory".into(),
+                    ..ResourceFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
     ]
 }
 

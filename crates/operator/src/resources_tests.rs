@@ -196,6 +196,27 @@ fn pool_image_and_resource_name_override_the_defaults() {
 }
 
 #[test]
+fn the_sidecar_learns_its_memory_limit_from_the_downward_api() {
+    let d = build(&pool(), &plan());
+    let var = container(&d)
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == MEMORY_LIMIT_ENV)
+        .expect("memory limit variable");
+    let field = var
+        .value_from
+        .as_ref()
+        .and_then(|f| f.resource_field_ref.as_ref())
+        .expect("a resourceFieldRef");
+    assert_eq!(
+        (field.container_name.as_deref(), field.resource.as_str()),
+        (Some(CONTAINER_NAME), "limits.memory")
+    );
+    assert_eq!(field.divisor, None, "bytes");
+}
+
+#[test]
 fn live_changes_keep_the_checksum() {
     let (pool, plan) = (pool(), plan());
     let before = build(&pool, &plan);

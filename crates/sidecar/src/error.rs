@@ -51,6 +51,9 @@ pub enum ApiError {
     /// The engine refused or failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The image alone needs more host memory than the process gives all images in flight.
+    #[error(transparent)]
+    ImageMemory(#[from] crate::image_memory::ImageMemoryError),
     /// Too many requests in flight in this process.
     #[error("the server is at its concurrency limit; retry shortly")]
     Overloaded,
@@ -93,7 +96,8 @@ impl ApiError {
         match self {
             ApiError::Decode(
                 DecodeError::TooManyPixels { .. } | DecodeError::TooMuchMemory { .. },
-            ) => StatusCode::PAYLOAD_TOO_LARGE,
+            )
+            | ApiError::ImageMemory(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Decode(DecodeError::UnsupportedFormat) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Decode(_)
             | ApiError::MissingField { .. }
@@ -125,6 +129,7 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::Decode(e) => e.error_type(),
+            ApiError::ImageMemory(_) => "image_memory_exceeded",
             ApiError::MissingField { .. } => "missing_field",
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::BadMultipart(_) => "bad_multipart",
@@ -149,7 +154,7 @@ impl ApiError {
     fn field(&self) -> Option<&'static str> {
         match self {
             ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(field),
-            ApiError::Decode(_) => Some("file"),
+            ApiError::Decode(_) | ApiError::ImageMemory(_) => Some("file"),
             ApiError::UnknownModel { .. } => Some("model"),
             _ => None,
         }
@@ -213,6 +218,10 @@ mod tests {
                 available: "a".into(),
             },
             ApiError::Overloaded,
+            ApiError::ImageMemory(crate::image_memory::ImageMemoryError {
+                needed_bytes: 2,
+                capacity_bytes: 1,
+            }),
         ];
         for e in cases {
             assert!(e.status().is_client_error(), "{e}: {}", e.status());

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod engine_backend;
 pub mod error;
 pub mod http;
+pub mod image_memory;
 pub mod imaging;
 pub mod metrics;
 pub mod pipeline;

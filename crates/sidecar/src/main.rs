@@ -5,6 +5,8 @@
 use clap::Parser;
 use gpupool_sidecar::engine_backend::EngineBackend;
 use gpupool_sidecar::http::{router, AppState};
+use gpupool_sidecar::image_memory::ImageMemory;
+use gpupool_sidecar::imaging::ImageHeader;
 use gpupool_sidecar::metrics::Metrics;
 use gpupool_sidecar::pipeline::Pipeline;
 use gpupool_sidecar::reload::{load_config, watch_config};
@@ -91,9 +93,20 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let backend = Arc::new(EngineBackend::start(config.clone(), &settings)?);
     tracing::info!(listen = %settings.listen, device = %backend.device(), pool = %config.pool, "serving");
+    let image_memory = ImageMemory::new(settings.image_memory_bytes());
+    let largest = ImageHeader::largest_host_bytes(settings.max_pixels);
+    if largest > image_memory.capacity_bytes() {
+        tracing::warn!(
+            image_memory = image_memory.capacity_bytes(),
+            largest_image = largest,
+            "--max-image-memory-bytes is below what an image at --max-pixels needs; such images get 413"
+        );
+    }
+    let mut metrics = Metrics::new();
+    image_memory.register(metrics.registry_mut());
     let state = AppState::new(
-        Pipeline::new(backend.clone(), settings.decode_limits()),
-        Arc::new(Metrics::new()),
+        Pipeline::new(backend.clone(), settings.decode_limits(), image_memory),
+        Arc::new(metrics),
         settings.http_limits(),
     );
     let cancel = CancellationToken::new();

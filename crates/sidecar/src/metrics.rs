@@ -104,6 +104,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for parts of the process that declare their own metrics before serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Records one answered request (`error`: its `error_type`, if it is an error response).
     pub fn observe_request(
         &self,

@@ -1,13 +1,19 @@
 //! One image's way through the sidecar: decode → engine (resize, normalise, model, sigmoid,
 //! resize back, threshold, all on the device) → polygons.
 //!
-//! Decoding and contour extraction run on tokio's blocking pool, so the async workers keep
+//! Each image first reserves the host memory it will hold (from its header, before decoding) in
+//! the process-wide [`ImageMemory`], and keeps it until its answer is built. (A request dropped
+//! while the engine runs its batch releases it while that batch still holds the pixels: one
+//! batch's time at most.) Decoding and contour
+//! extraction run on tokio's blocking pool, so the async workers keep
 //! accepting requests and the batcher keeps the GPU fed while the CPU works on other images.
 
 use crate::backend::{Backend, ModelInfo};
 use crate::error::ApiError;
+use crate::image_memory::ImageMemory;
 use crate::imaging::{
-    decode_image, mask_png, polygons_from_mask, DecodeLimits, Polygon, PostprocessOptions,
+    decode_image, mask_png, polygons_from_mask, read_header, DecodeLimits, Polygon,
+    PostprocessOptions,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -84,12 +90,17 @@ pub struct SegmentResponse {
 pub struct Pipeline {
     backend: Arc<dyn Backend>,
     limits: DecodeLimits,
+    memory: ImageMemory,
 }
 
 impl Pipeline {
-    /// A pipeline over `backend` refusing images beyond `limits`.
-    pub fn new(backend: Arc<dyn Backend>, limits: DecodeLimits) -> Self {
-        Self { backend, limits }
+    /// A pipeline over `backend` refusing images beyond `limits`, its images sharing `memory`.
+    pub fn new(backend: Arc<dyn Backend>, limits: DecodeLimits, memory: ImageMemory) -> Self {
+        Self {
+            backend,
+            limits,
+            memory,
+        }
     }
 
     /// The backend the pipeline runs on.
@@ -138,7 +149,20 @@ impl Pipeline {
 
         let limits = self.limits;
         let image = request.image;
+        // The header alone (no pixel decoded yet) says what the image will hold, file included.
+        // That much is reserved before decoding and held by each piece of work on the image
+        // until the answer is built, so CPU work that outlives a dropped request still counts.
+        let header = {
+            let image = image.clone();
+            blocking(move || read_header(&image, &limits)).await??
+        };
+        let needed = header
+            .host_bytes()
+            .saturating_add(u64::try_from(image.len()).unwrap_or(u64::MAX));
+        let memory = Arc::new(self.memory.reserve(needed).await?);
+        let held = Arc::clone(&memory);
         let raw = blocking(move || {
+            let _held = held;
             decode_image(&image, &limits)?
                 .into_raw()
                 .map_err(|e| ApiError::Internal(format!("decoded image: {e}")))
@@ -162,6 +186,7 @@ impl Pipeline {
         let options = PostprocessOptions::new(request.detect_holes, request.min_area);
         let return_mask = request.return_mask;
         let (polygons, mask_png) = blocking(move || {
+            let _held = memory;
             let s = &segmentation;
             let mask = s.mask();
             let polygons =

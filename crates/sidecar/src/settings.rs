@@ -37,6 +37,16 @@ pub struct Settings {
     /// Largest image accepted, pixels (checked from the header, before decoding).
     #[arg(long, env = "GPUPOOL_MAX_PIXELS", default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Host memory all images in flight may hold together, bytes: file, decoded pixels, upload
+    /// copies and post-processing buffers, reserved from each file's header before decoding.
+    /// When it is spent further images wait; one needing more than all of it gets 413. Default:
+    /// half of `--memory-limit-bytes` when that is known, else 4 GiB.
+    #[arg(long, env = "GPUPOOL_MAX_IMAGE_MEMORY_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_memory_bytes: Option<u64>,
+    /// The container's memory limit, bytes (the operator's pods pass it through the downward
+    /// API): the default image-memory budget is half of it.
+    #[arg(long, env = "GPUPOOL_MEMORY_LIMIT_BYTES")]
+    pub memory_limit_bytes: Option<u64>,
     /// Requests processed at once before new ones get 429.
     #[arg(long, env = "GPUPOOL_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
@@ -63,6 +73,9 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The image-memory budget when neither it nor the memory limit is given.
+    pub const DEFAULT_IMAGE_MEMORY_BYTES: u64 = 4 << 30;
+
     /// Limits at the HTTP door.
     pub fn http_limits(&self) -> HttpLimits {
         HttpLimits {
@@ -75,8 +88,18 @@ impl Settings {
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits {
             max_pixels: self.max_pixels,
-            max_alloc_bytes: self.max_pixels.saturating_mul(8),
+            max_alloc_bytes: self
+                .max_pixels
+                .saturating_mul(crate::imaging::ImageHeader::WIDEST_BYTES_PER_PIXEL),
         }
+    }
+
+    /// The host-memory budget for images in flight: `--max-image-memory-bytes`, else half the
+    /// container's memory limit, else [`Self::DEFAULT_IMAGE_MEMORY_BYTES`].
+    pub fn image_memory_bytes(&self) -> u64 {
+        self.max_image_memory_bytes
+            .or(self.memory_limit_bytes.map(|limit| limit / 2))
+            .unwrap_or(Self::DEFAULT_IMAGE_MEMORY_BYTES)
     }
 
     /// Interval between config checks.
@@ -87,5 +110,34 @@ impl Settings {
     /// Drain deadline on shutdown.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(["gpupool-sidecar", "--config", "c.yaml"].iter().chain(args))
+    }
+
+    #[test]
+    fn image_memory_is_the_flag_else_half_the_limit_else_the_default() {
+        let budget = |args: &[&str]| parse(args).map(|s| s.image_memory_bytes()).ok();
+        assert_eq!(budget(&[]), Some(Settings::DEFAULT_IMAGE_MEMORY_BYTES));
+        assert_eq!(budget(&["--memory-limit-bytes", "8000"]), Some(4000));
+        assert_eq!(
+            budget(&[
+                "--memory-limit-bytes",
+                "8000",
+                "--max-image-memory-bytes",
+                "100"
+            ]),
+            Some(100)
+        );
+        assert!(
+            parse(&["--max-image-memory-bytes", "0"]).is_err(),
+            "an empty budget would refuse every image"
+        );
     }
 }

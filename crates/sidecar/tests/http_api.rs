@@ -44,6 +44,9 @@ async fn sidecar() -> &'static Sidecar {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
+            // A model is Ready once loaded and calibrated; the pod once start-up has also warmed
+            // every slot, a moment later.
+            s.wait_ready().await;
             s
         })
         .await

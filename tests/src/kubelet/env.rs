@@ -1,9 +1,11 @@
 //! A container's environment: `envFrom`, then `env` in order with `$(VAR)` expansion; values,
-//! downward-API `fieldRef`s, `resourceFieldRef`s (the raw quantity) and ConfigMap/Secret keys.
+//! downward-API `fieldRef`s, `resourceFieldRef`s (in units of the divisor, as the kubelet gives
+//! them) and ConfigMap/Secret keys.
 
 use super::error::{Error, Result};
 use super::launch::PodPlacement;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use super::quantity;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret};
 use kube::{Api, Client};
 use std::collections::BTreeMap;
 
@@ -58,13 +60,7 @@ pub(crate) async fn container_env(
                         fail(format!("unsupported fieldRef {}", field.field_path))
                     })?)
                 } else if let Some(res) = &from.resource_field_ref {
-                    let (kind, name) = res.resource.split_once('.').unwrap_or(("limits", ""));
-                    let resources = container.resources.as_ref();
-                    let map = match kind {
-                        "requests" => resources.and_then(|r| r.requests.as_ref()),
-                        _ => resources.and_then(|r| r.limits.as_ref()),
-                    };
-                    map.and_then(|m| m.get(name)).map(|q| q.0.clone())
+                    Some(resource_field(container, res).map_err(fail)?)
                 } else if let Some(r) = &from.config_map_key_ref {
                     let cm = get(&configmaps, &r.name, r.optional, &fail).await?;
                     let v = cm
@@ -91,6 +87,42 @@ pub(crate) async fn container_env(
         }
     }
     Ok(out)
+}
+
+/// A `resourceFieldRef`'s value as the kubelet gives it: the container's request or limit
+/// divided by the divisor, rounded up; a limit the container does not set is the node's
+/// allocatable amount (a request not set is 0).
+fn resource_field(
+    container: &Container,
+    field: &ResourceFieldSelector,
+) -> std::result::Result<String, String> {
+    let (kind, name) = field
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported resourceFieldRef {}", field.resource))?;
+    let resources = container.resources.as_ref();
+    let set = match kind {
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        _ => return Err(format!("unsupported resourceFieldRef {}", field.resource)),
+    }
+    .and_then(|m| m.get(name))
+    .map(|q| q.0.as_str());
+    let quantity = match (set, kind, name) {
+        (Some(q), _, _) => q,
+        (None, "limits", "memory") => super::node::MEMORY_CAPACITY,
+        (None, "limits", "cpu") => super::node::CPU_CAPACITY,
+        (None, _, _) => "0",
+    };
+    let divisor = field.divisor.as_ref().map(|d| d.0.as_str());
+    quantity::in_units_of(quantity, divisor)
+        .map(|units| units.to_string())
+        .ok_or_else(|| {
+            format!(
+                "resourceFieldRef {}: cannot divide {quantity} by {divisor:?}",
+                field.resource
+            )
+        })
 }
 
 async fn get<K>(
@@ -187,6 +219,43 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    #[test]
+    fn resource_fields_are_integers_in_units_of_the_divisor() {
+        let field = |resource: &str, divisor: Option<&str>| ResourceFieldSelector {
+            resource: resource.into(),
+            divisor: divisor.map(|d| Quantity(d.into())),
+            ..ResourceFieldSelector::default()
+        };
+        let limited = Container {
+            resources: Some(ResourceRequirements {
+                limits: Some([("memory".to_string(), Quantity("8Gi".into()))].into()),
+                ..ResourceRequirements::default()
+            }),
+            ..Container::default()
+        };
+        let unlimited = Container::default();
+        assert_eq!(
+            resource_field(&limited, &field("limits.memory", None)),
+            Ok((8u64 << 30).to_string())
+        );
+        assert_eq!(
+            resource_field(&limited, &field("limits.memory", Some("1Mi"))),
+            Ok("8192".into())
+        );
+        assert_eq!(
+            resource_field(&unlimited, &field("limits.memory", None)),
+            Ok((128u64 << 30).to_string()),
+            "no limit: the node's allocatable memory"
+        );
+        assert_eq!(
+            resource_field(&unlimited, &field("requests.cpu", None)),
+            Ok("0".into())
+        );
+        assert!(resource_field(&unlimited, &field("memory", None)).is_err());
+    }
 
     #[test]
     fn expansion_follows_kubernetes_rules() {

@@ -10,8 +10,8 @@
 //!   (e.g. the operator's `GPUPOOL_SIDECAR_CONFIG=/etc/gpupool/sidecar.yaml`); the first `.yaml`
 //!   / `.yml` file of the first ConfigMap volume mounted into the container; its first file.
 //! - The environment is the stand-in's own, plus the `GPUPOOL_*` variables below, plus the
-//!   container's `env` and `envFrom` (values, downward-API `fieldRef`, `resourceFieldRef` as the
-//!   raw quantity, ConfigMap and Secret keys), which win on conflicts. Env values that are paths
+//!   container's `env` and `envFrom` (values, downward-API `fieldRef`, `resourceFieldRef` in units of
+//!   its divisor as the kubelet gives it, ConfigMap and Secret keys), which win on conflicts. Env values that are paths
 //!   under a `mountPath` are rewritten like arguments.
 //!
 //! | variable | value |

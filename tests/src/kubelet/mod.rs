@@ -37,6 +37,7 @@ mod pods;
 mod podspec;
 mod probe;
 mod process;
+mod quantity;
 mod status;
 mod volumes;
 mod worker;

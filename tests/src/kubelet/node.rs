@@ -155,11 +155,16 @@ pub(crate) fn labels(config: &Config) -> BTreeMap<String, String> {
     labels
 }
 
+/// The node's CPUs, as a quantity.
+pub(crate) const CPU_CAPACITY: &str = "16";
+/// The node's memory, as a quantity.
+pub(crate) const MEMORY_CAPACITY: &str = "128Gi";
+
 /// Capacity (= allocatable): 16 CPUs, 128Gi, 110 pods and the GPUs.
 pub(crate) fn capacity(config: &Config) -> BTreeMap<String, Quantity> {
     [
-        ("cpu", "16".to_string()),
-        ("memory", "128Gi".into()),
+        ("cpu", CPU_CAPACITY.to_string()),
+        ("memory", MEMORY_CAPACITY.into()),
         ("pods", "110".into()),
         ("nvidia.com/gpu", config.gpus.to_string()),
     ]

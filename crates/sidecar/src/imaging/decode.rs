@@ -38,7 +38,7 @@ pub struct DecodeLimits {
 
 impl DecodeLimits {
     /// Default pixel limit: 40 megapixels (e.g. 6324×6324), above any single microscope frame
-    /// we know of. Post-processing needs about 9 bytes per original pixel at its peak.
+    /// we know of. What one image holds in host memory is [`ImageHeader::host_bytes`].
     pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 }
 
@@ -46,8 +46,7 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
-            // RGBA with 16-bit samples (8 bytes per pixel) is the widest layout we accept.
-            max_alloc_bytes: Self::DEFAULT_MAX_PIXELS * 8,
+            max_alloc_bytes: Self::DEFAULT_MAX_PIXELS * ImageHeader::WIDEST_BYTES_PER_PIXEL,
         }
     }
 }
@@ -258,12 +257,107 @@ impl DecodedImage {
     }
 }
 
+/// What a file's header says about the image, read before any pixel buffer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// The container format.
+    pub format: SourceFormat,
+    /// Pixels across.
+    pub width: u32,
+    /// Pixels down.
+    pub height: u32,
+    /// Bytes of the decoder's output buffer (all channels, alpha included, as stored).
+    pub decoded_bytes: u64,
+    /// Whether the stored samples carry alpha, which decoding drops into a second buffer.
+    pub has_alpha: bool,
+    /// Channels kept after decoding: 1 (grayscale) or 3 (colour).
+    pub channels: u8,
+    /// Bytes per sample: 1 or 2.
+    pub bytes_per_sample: u8,
+}
+
+impl ImageHeader {
+    /// Host memory post-processing needs per image pixel at its peak: the f32 probabilities, the
+    /// u8 mask, its framed copy, the contour tracer's i32 labels, and room for runs and points.
+    pub const POSTPROCESS_BYTES_PER_PIXEL: u64 = 12;
+    /// Bytes per pixel of the widest layout accepted: RGBA with 16-bit samples.
+    pub const WIDEST_BYTES_PER_PIXEL: u64 = 8;
+    /// Host bytes the engine's upload makes per 16-bit sample: widened to f32, then copied into
+    /// a tensor (8-bit samples are copied once, a byte each).
+    pub const UPLOAD_BYTES_PER_16BIT_SAMPLE: u64 = 8;
+
+    /// What the widest image of `max_pixels` pixels holds ([`Self::host_bytes`] of 16-bit
+    /// RGBA): an image-memory budget below it refuses some images the pixel limit accepts.
+    pub fn largest_host_bytes(max_pixels: u64) -> u64 {
+        max_pixels.saturating_mul(
+            Self::WIDEST_BYTES_PER_PIXEL
+                + 3 * Self::UPLOAD_BYTES_PER_16BIT_SAMPLE
+                + Self::POSTPROCESS_BYTES_PER_PIXEL,
+        )
+    }
+
+    /// Pixels in the image.
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// The most host memory this image holds on its way through the pipeline, counted as one
+    /// sum (an upper bound: the phases overlap only in part): the decoded samples; beside them
+    /// the larger of the copy made while alpha is dropped and the engine's upload copies; then
+    /// the post-processing buffers.
+    pub fn host_bytes(&self) -> u64 {
+        let samples = self.pixels().saturating_mul(u64::from(self.channels));
+        let alpha_copy = if self.has_alpha {
+            samples.saturating_mul(u64::from(self.bytes_per_sample))
+        } else {
+            0
+        };
+        let upload = samples.saturating_mul(if self.bytes_per_sample > 1 {
+            Self::UPLOAD_BYTES_PER_16BIT_SAMPLE
+        } else {
+            1
+        });
+        self.decoded_bytes
+            .saturating_add(alpha_copy.max(upload))
+            .saturating_add(
+                self.pixels()
+                    .saturating_mul(Self::POSTPROCESS_BYTES_PER_PIXEL),
+            )
+    }
+}
+
+/// Reads an uploaded file's header and checks it against `limits` without decoding pixels, so
+/// the caller can reserve memory for the image before decoding it.
+pub fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageHeader, DecodeError> {
+    open(bytes, limits).map(|(header, _)| header)
+}
+
 /// Decodes an uploaded PNG, JPEG or TIFF file.
 ///
 /// The header is read first and the declared size checked against `limits` before any pixel
 /// buffer is allocated, so a small file claiming a huge image (a decompression bomb) costs
 /// nothing.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+    let (header, decoder) = open(bytes, limits)?;
+    let format = header.format;
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, limits, e))?;
+    if format == SourceFormat::Jpeg && !jpeg_has_end(bytes) {
+        // The JPEG decoder fills a cut file's missing blocks with grey instead of failing;
+        // segmenting half an image would return plausible but wrong polygons.
+        return Err(DecodeError::Truncated {
+            format,
+            detail: "no end-of-image marker after the last scan".to_owned(),
+        });
+    }
+    DecodedImage::from_dynamic(format, image)
+}
+
+/// Identifies the format, parses the header (no pixel buffer exists yet) and checks the
+/// declared size against `limits`; returns the header and the decoder, ready to decode.
+fn open<'a>(
+    bytes: &'a [u8],
+    limits: &DecodeLimits,
+) -> Result<(ImageHeader, impl ImageDecoder + 'a), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::EmptyBody);
     }
@@ -277,7 +371,6 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage,
     image_limits.max_alloc = Some(limits.max_alloc_bytes);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     reader.limits(image_limits);
-    // Only the header is parsed here; no pixel buffer exists yet.
     let decoder = reader.into_decoder().map_err(|e| {
         // The PNG decoder refuses a zero dimension as a format error; say what is wrong.
         match png_dimensions(bytes) {
@@ -303,16 +396,18 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage,
             limit_bytes: limits.max_alloc_bytes,
         });
     }
-    let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, limits, e))?;
-    if format == SourceFormat::Jpeg && !jpeg_has_end(bytes) {
-        // The JPEG decoder fills a cut file's missing blocks with grey instead of failing;
-        // segmenting half an image would return plausible but wrong polygons.
-        return Err(DecodeError::Truncated {
-            format,
-            detail: "no end-of-image marker after the last scan".to_owned(),
-        });
-    }
-    DecodedImage::from_dynamic(format, image)
+    let color = decoder.color_type();
+    let stored_channels = color.channel_count().max(1);
+    let header = ImageHeader {
+        format,
+        width,
+        height,
+        decoded_bytes: decoder.total_bytes(),
+        has_alpha: color.has_alpha(),
+        channels: if color.has_color() { 3 } else { 1 },
+        bytes_per_sample: (color.bytes_per_pixel() / stored_channels).max(1),
+    };
+    Ok((header, decoder))
 }
 
 /// Whether an end-of-image marker (`FF D9`) follows the last start-of-scan (`FF DA`).
@@ -447,6 +542,54 @@ mod tests {
             Pixels::Rgb8(i) => assert_eq!(i.get_pixel(1, 1).0, [10, 20, 30]),
             other => panic!("expected RGB8, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_header_says_what_the_image_will_hold() {
+        let limits = DecodeLimits::default();
+        let pixels = 37 * 23;
+        let post = pixels * ImageHeader::POSTPROCESS_BYTES_PER_PIXEL;
+        let header = read_header(&encode(gray16().into(), ImageFormat::Tiff), &limits)
+            .expect("16-bit gray TIFF header");
+        assert_eq!(
+            (header.format, header.width, header.height),
+            (SourceFormat::Tiff, 37, 23)
+        );
+        assert_eq!(
+            (
+                header.decoded_bytes,
+                header.has_alpha,
+                header.channels,
+                header.bytes_per_sample
+            ),
+            (pixels * 2, false, 1, 2)
+        );
+        assert_eq!(
+            header.host_bytes(),
+            pixels * 2 + pixels * ImageHeader::UPLOAD_BYTES_PER_16BIT_SAMPLE + post,
+            "16-bit samples are widened to f32 for the upload"
+        );
+        let header =
+            read_header(&encode(rgb8().into(), ImageFormat::Png), &limits).expect("RGB8 header");
+        assert_eq!(header.host_bytes(), pixels * 3 + pixels * 3 + post);
+        let rgba = RgbaImage::from_pixel(37, 23, image::Rgba([1, 2, 3, 4]));
+        let header = read_header(&encode(rgba.into(), ImageFormat::Png), &limits).expect("header");
+        assert_eq!(
+            (header.decoded_bytes, header.has_alpha, header.channels),
+            (pixels * 4, true, 3)
+        );
+        assert_eq!(
+            header.host_bytes(),
+            pixels * 4 + pixels * 3 + post,
+            "the RGB copy made while dropping alpha is counted"
+        );
+        // The same refusals as decoding, before any pixel is decoded.
+        let bomb = png_header_only(100_000, 100_000);
+        assert!(matches!(
+            read_header(&bomb, &limits),
+            Err(DecodeError::TooManyPixels { .. })
+        ));
+        assert_eq!(read_header(&[], &limits), Err(DecodeError::EmptyBody));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The CPU side of the sidecar's image work: bytes in, pixels out; mask in, polygons out.
 //! (Resizing, normalising, sigmoid and threshold run on the model's device, in the engine.)
 //!
-//! - [`decode_image`]: upload bytes to pixels, refusing bombs and broken files up front.
+//! - [`read_header`], [`decode_image`]: upload bytes to pixels, refusing bombs and broken files up
+//!   front (the header alone says how much memory the image will need).
 //! - [`InputGeometry`]: the size and normalisation a model takes.
 //! - [`polygons_from_mask`]: the engine's mask to the response's polygons.
 //! - [`mask_png`]: the mask as a PNG, for clients that want the pixels.
@@ -16,7 +17,9 @@ pub mod postprocess;
 mod specks;
 
 pub use contours::{MIN_AREA, MIN_POINTS};
-pub use decode::{decode_image, DecodeError, DecodeLimits, DecodedImage, SourceFormat};
+pub use decode::{
+    decode_image, read_header, DecodeError, DecodeLimits, DecodedImage, ImageHeader, SourceFormat,
+};
 pub use geometry::{GeometryError, InputGeometry};
 pub use mask_png::{mask_png, MaskPngError};
 pub use polygon::{Point, Polygon, PolygonClass, PolygonType};

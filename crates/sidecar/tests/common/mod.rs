@@ -166,6 +166,14 @@ impl Sidecar {
             .expect("metrics text")
     }
 
+    /// The value of the sample named exactly `series` (name and labels) in `/metrics`, if any.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+    }
+
     /// POST /api/v1/segment with `image` and extra text fields.
     pub async fn segment(
         &self,
