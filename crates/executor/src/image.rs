@@ -121,7 +121,7 @@ impl RawImage {
         let c = usize::from(self.channels);
         let sample = match self.samples {
             Samples::U8(_) => 1,
-            Samples::U16(_) => 4, // uploaded as float (see `upload`)
+            Samples::U16(_) => 2 + 4, // uploaded as int16, widened to int32 (see `upload`)
         };
         let inward = self.pixels() * c * (sample + 4 + 4) + model_pixels * 3 * 4 * 2;
         let outward = model_pixels * 4 + self.pixels() * (4 + 4 + 1);
@@ -143,14 +143,17 @@ impl RawImage {
                     .f_to_kind(Kind::Float)?,
                 255.0,
             ),
-            // libtorch has no arithmetic on uint16: widen on the host (the rarer path).
-            Samples::U16(v) => {
-                let wide: Vec<f32> = v.iter().map(|&s| f32::from(s)).collect();
-                (
-                    Tensor::f_from_slice(&wide)?.f_to_device_(device, Kind::Float, false, false)?,
-                    65535.0,
-                )
-            }
+            // tch has no uint16 tensors: the samples travel as int16 bit patterns (half the
+            // bytes of floats, and no widening pass on the slot's thread), then become int32 on
+            // the device, where masking off the sign extension restores 0..65535 exactly.
+            Samples::U16(v) => (
+                Tensor::f_from_data_size(bytemuck::cast_slice(v), &[h * w * c], Kind::Int16)?
+                    .f_to_device_(device, Kind::Int16, false, false)?
+                    .f_to_kind(Kind::Int)?
+                    .f_bitwise_and_(0xFFFF)?
+                    .f_to_kind(Kind::Float)?,
+                65535.0,
+            ),
         };
         Ok((hwc.f_view([h, w, c])?.f_permute([2, 0, 1])?, max))
     }
@@ -310,6 +313,21 @@ mod tests {
             let (lo, hi) = (plane.min().double_value(&[]), plane.max().double_value(&[]));
             assert!((lo - expected).abs() < 1e-5 && (hi - expected).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn every_sixteen_bit_value_is_uploaded_exactly() {
+        // All 65536 values, the upper half of which are negative as int16 bit patterns.
+        let samples: Vec<u16> = (0..=u16::MAX).collect();
+        let image = RawImage::new(256, 256, 1, Samples::U16(samples.clone())).unwrap();
+        let (chw, max) = image.upload(Device::Cpu).unwrap();
+        assert_eq!(
+            (chw.size(), chw.kind(), max),
+            (vec![1, 256, 256], Kind::Float, 65535.0)
+        );
+        let got = Vec::<f32>::try_from(chw.flatten(0, -1)).unwrap();
+        let want: Vec<f32> = samples.iter().map(|&s| f32::from(s)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

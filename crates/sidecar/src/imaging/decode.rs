@@ -268,7 +268,7 @@ pub struct ImageHeader {
     pub height: u32,
     /// Bytes of the decoder's output buffer (all channels, alpha included, as stored).
     pub decoded_bytes: u64,
-    /// Whether the stored samples carry alpha, which decoding drops into a second buffer.
+    /// Whether the stored samples carry alpha (dropped by decoding).
     pub has_alpha: bool,
     /// Channels kept after decoding: 1 (grayscale) or 3 (colour).
     pub channels: u8,
@@ -282,17 +282,12 @@ impl ImageHeader {
     pub const POSTPROCESS_BYTES_PER_PIXEL: u64 = 12;
     /// Bytes per pixel of the widest layout accepted: RGBA with 16-bit samples.
     pub const WIDEST_BYTES_PER_PIXEL: u64 = 8;
-    /// Host bytes the engine's upload makes per 16-bit sample: widened to f32, then copied into
-    /// a tensor (8-bit samples are copied once, a byte each).
-    pub const UPLOAD_BYTES_PER_16BIT_SAMPLE: u64 = 8;
 
     /// What the widest image of `max_pixels` pixels holds ([`Self::host_bytes`] of 16-bit
     /// RGBA): an image-memory budget below it refuses some images the pixel limit accepts.
     pub fn largest_host_bytes(max_pixels: u64) -> u64 {
         max_pixels.saturating_mul(
-            Self::WIDEST_BYTES_PER_PIXEL
-                + 3 * Self::UPLOAD_BYTES_PER_16BIT_SAMPLE
-                + Self::POSTPROCESS_BYTES_PER_PIXEL,
+            Self::WIDEST_BYTES_PER_PIXEL + 3 * 2 + Self::POSTPROCESS_BYTES_PER_PIXEL,
         )
     }
 
@@ -302,27 +297,17 @@ impl ImageHeader {
     }
 
     /// The most host memory this image holds on its way through the pipeline, counted as one
-    /// sum (an upper bound: the phases overlap only in part): the decoded samples; beside them
-    /// the larger of the copy made while alpha is dropped and the engine's upload copies; then
-    /// the post-processing buffers.
+    /// sum (an upper bound: the phases overlap only in part): the decoded samples; beside them a
+    /// second copy of the samples kept (made while alpha is dropped, and by the engine's upload
+    /// into a tensor); then the post-processing buffers.
     pub fn host_bytes(&self) -> u64 {
-        let samples = self.pixels().saturating_mul(u64::from(self.channels));
-        let alpha_copy = if self.has_alpha {
-            samples.saturating_mul(u64::from(self.bytes_per_sample))
-        } else {
-            0
-        };
-        let upload = samples.saturating_mul(if self.bytes_per_sample > 1 {
-            Self::UPLOAD_BYTES_PER_16BIT_SAMPLE
-        } else {
-            1
-        });
-        self.decoded_bytes
-            .saturating_add(alpha_copy.max(upload))
-            .saturating_add(
-                self.pixels()
-                    .saturating_mul(Self::POSTPROCESS_BYTES_PER_PIXEL),
-            )
+        let kept = self
+            .pixels()
+            .saturating_mul(u64::from(self.channels) * u64::from(self.bytes_per_sample));
+        self.decoded_bytes.saturating_add(kept).saturating_add(
+            self.pixels()
+                .saturating_mul(Self::POSTPROCESS_BYTES_PER_PIXEL),
+        )
     }
 }
 
@@ -564,11 +549,7 @@ mod tests {
             ),
             (pixels * 2, false, 1, 2)
         );
-        assert_eq!(
-            header.host_bytes(),
-            pixels * 2 + pixels * ImageHeader::UPLOAD_BYTES_PER_16BIT_SAMPLE + post,
-            "16-bit samples are widened to f32 for the upload"
-        );
+        assert_eq!(header.host_bytes(), pixels * 2 + pixels * 2 + post);
         let header =
             read_header(&encode(rgb8().into(), ImageFormat::Png), &limits).expect("RGB8 header");
         assert_eq!(header.host_bytes(), pixels * 3 + pixels * 3 + post);
