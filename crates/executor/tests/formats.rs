@@ -52,6 +52,13 @@ fn unet_package_at(precision: &str, flags: &[&str], test: &str) -> Option<std::p
     }
 }
 
+/// A package of the test UNet for batches 1–4 and one compiled for exactly two images.
+fn dynamic_and_fixed_packages(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let dynamic = unet_package(&["--max-batch", "4"], test)?;
+    let fixed = unet_package(&["--max-batch", "2", "--static"], test)?;
+    Some((dynamic, fixed))
+}
+
 /// An engine serving `source` (a package or a directory of them) as `name`, started and Ready.
 async fn package_engine(name: &str, source: &std::path::Path) -> (Engine, ModelTelemetry) {
     let mut m = model_config(name, source);
@@ -105,11 +112,9 @@ async fn aotinductor_package_matches_torchscript() {
 /// TorchScript model does, whichever package ran it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dynamic_and_a_fixed_package_are_routed_by_measurement() {
-    let test = "a_dynamic_and_a_fixed_package_are_routed_by_measurement";
-    let (Some(dynamic), Some(fixed)) = (
-        unet_package(&["--max-batch", "4"], test),
-        unet_package(&["--max-batch", "2", "--static"], test),
-    ) else {
+    let Some((dynamic, fixed)) =
+        dynamic_and_fixed_packages("a_dynamic_and_a_fixed_package_are_routed_by_measurement")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -143,11 +148,9 @@ async fn a_dynamic_and_a_fixed_package_are_routed_by_measurement() {
 /// (which made engines in this file start capped at the wrong batch, or not at all).
 #[test]
 fn packages_loading_at_once_keep_their_own_metadata() {
-    let test = "packages_loading_at_once_keep_their_own_metadata";
-    let (Some(dynamic), Some(fixed)) = (
-        unet_package(&["--max-batch", "4"], test),
-        unet_package(&["--max-batch", "2", "--static"], test),
-    ) else {
+    let Some((dynamic, fixed)) =
+        dynamic_and_fixed_packages("packages_loading_at_once_keep_their_own_metadata")
+    else {
         return;
     };
     let loaders: Vec<_> = (0..8)
