@@ -36,9 +36,13 @@ pub(crate) fn value(text: &str) -> Option<f64> {
 }
 
 /// What the kubelet puts in a `resourceFieldRef` variable: `quantity / divisor` rounded up, as an
-/// integer (the divisor defaults to 1).
+/// integer. A divisor left out, or zero (what the API server stores for one left out), is 1.
 pub(crate) fn in_units_of(quantity: &str, divisor: Option<&str>) -> Option<u64> {
-    let divisor = divisor.map_or(Some(1.0), value).filter(|d| *d > 0.0)?;
+    let divisor = match divisor.map(value) {
+        None => 1.0,
+        Some(Some(d)) if d == 0.0 => 1.0,
+        Some(d) => d?,
+    };
     let units = (value(quantity)? / divisor).ceil();
     // u64::MAX as f64 rounds up to 2^64, which does not fit.
     (units < u64::MAX as f64).then_some(units as u64)
@@ -64,7 +68,12 @@ mod tests {
         assert_eq!(in_units_of("500m", None), Some(1), "half a CPU is 1 CPU");
         assert_eq!(in_units_of("500m", Some("1m")), Some(500));
         assert_eq!(in_units_of("1Gi", Some("1Mi")), Some(1024));
-        assert_eq!(in_units_of("1", Some("0")), None);
+        assert_eq!(
+            in_units_of("8Ki", Some("0")),
+            Some(8192),
+            "as the API server defaults it"
+        );
+        assert_eq!(in_units_of("1", Some("1x")), None);
     }
 
     #[test]
