@@ -1,10 +1,11 @@
 //! One execution slot: an OS thread that owns a CUDA stream (made current on it once) and its
-//! staging buffers, and loops: wait for a batch of its model, pass the streams gate, make sure the
-//! model is loaded, admit the batch's memory in the ledger (a smaller batch if the whole one does
+//! staging buffers, and loops: wait for a batch of its model, make sure the model is loaded, pass
+//! the streams gate, admit the batch's memory in the ledger (a smaller batch if the whole one does
 //! not fit), run it with out-of-memory splitting, answer every request.
 
 use crate::batcher::{Answer, Job, Next, Output, Request};
 use crate::error::InferError;
+use crate::gate::Pass;
 use crate::loader::{self, InUse, LoadFailure};
 use crate::oom::{self, ForwardFailure};
 use crate::staging::Stager;
@@ -36,10 +37,7 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
             .wait_batch(|| (entry.batch_cap(), entry.max_queue_delay()))
         {
             Next::Exit => break,
-            Next::Batch => {
-                let _pass = shared.gate.enter();
-                serve_batch(&shared, &entry, &mut stager);
-            }
+            Next::Batch => serve_batch(&shared, &entry, &mut stager),
         }
     }
     tracing::debug!(model = %entry.name, "slot exits");
@@ -95,12 +93,20 @@ fn fail_all(entry: &ModelEntry, requests: Vec<Request>, error: &InferError) {
     }
 }
 
-/// Loads the model and admits as large a batch as memory allows, waiting (or failing the
-/// requests) when even one image does not fit.
-fn admit<'a>(
-    shared: &'a Shared,
-    entry: &'a ModelEntry,
-) -> Option<(InUse<'a>, crate::admission::Reservation, Vec<Request>)> {
+/// What a slot holds while it runs a batch.
+struct Admitted<'a> {
+    in_use: InUse<'a>,
+    _reservation: crate::admission::Reservation,
+    requests: Vec<Request>,
+    _pass: Pass<'a>,
+}
+
+/// Loads the model, passes the streams gate and admits as large a batch as memory allows,
+/// waiting (or failing the requests) when even one image does not fit. The gate is entered only
+/// once the model is loaded, and left while waiting for memory: a load or a memory wait holding
+/// one of the `streams` passes would keep other models' ready batches off the device. The batch
+/// is taken after the gate, so requests arriving while the slot waited for it join the batch.
+fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<Admitted<'a>> {
     let deadline = Instant::now() + shared.options.memory_wait;
     loop {
         let in_use = match loader::ensure_loaded(shared, entry) {
@@ -118,6 +124,7 @@ fn admit<'a>(
                 return None;
             }
         };
+        let mut pass = shared.gate.enter();
         let max_n = entry.queue.depth().min(entry.batch_cap());
         if max_n == 0 {
             return None;
@@ -141,11 +148,16 @@ fn admit<'a>(
                     .unwrap_or(0);
                 let need = cost(requests.len()).saturating_add(scratch);
                 if !reservation.resize(need) {
-                    // Wait for the whole amount holding none of it: two slots that each held
-                    // their batch while waiting for the other's could only time out together.
+                    // Wait for the whole amount holding none of it (two slots that each held
+                    // their batch while waiting for the other's could only time out together),
+                    // and no stream.
                     drop(reservation);
+                    drop(pass);
                     match shared.wait_for_memory(deadline, || shared.ledger.try_reserve(need)) {
-                        Some(whole) => reservation = whole,
+                        Some(whole) => {
+                            reservation = whole;
+                            pass = shared.gate.enter();
+                        }
                         None => {
                             let error = InferError::ModelNotReady {
                                 model: entry.name.clone(),
@@ -160,13 +172,20 @@ fn admit<'a>(
                         }
                     }
                 }
-                return Some((in_use, reservation, requests));
+                return Some(Admitted {
+                    in_use,
+                    _reservation: reservation,
+                    requests,
+                    _pass: pass,
+                });
             }
             if !loader::make_room(shared, cost(1), &entry.name) {
                 break;
             }
         }
-        // Wait without holding the model, so models waiting on each other cannot deadlock.
+        // Wait without holding the model, so models waiting on each other cannot deadlock, and
+        // without a stream.
+        drop(pass);
         drop(in_use);
         if Instant::now() >= deadline {
             let reason = format!(
@@ -188,7 +207,13 @@ fn admit<'a>(
 }
 
 fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
-    let Some((in_use, _reservation, requests)) = admit(shared, entry) else {
+    let Some(Admitted {
+        in_use,
+        _reservation,
+        requests,
+        _pass,
+    }) = admit(shared, entry)
+    else {
         return;
     };
     let model = &in_use.resident.model;

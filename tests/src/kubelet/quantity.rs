@@ -40,7 +40,7 @@ pub(crate) fn value(text: &str) -> Option<f64> {
 pub(crate) fn in_units_of(quantity: &str, divisor: Option<&str>) -> Option<u64> {
     let divisor = match divisor.map(value) {
         None => 1.0,
-        Some(Some(d)) if d == 0.0 => 1.0,
+        Some(Some(0.0)) => 1.0,
         Some(d) => d?,
     };
     let units = (value(quantity)? / divisor).ceil();
