@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use gpupool_api::telemetry::ModelState;
-use gpupool_executor::{Engine, EngineOptions};
+use gpupool_executor::{Engine, EngineOptions, InferError};
 use std::time::Duration;
 
 /// Budget that holds either model with a full batch, never both.
@@ -102,5 +102,42 @@ async fn a_pinned_model_is_never_unloaded() {
     );
     assert_eq!(state(&engine, "a"), ModelState::Ready);
     assert!(engine.infer("a", image(0)).await.is_ok());
+    engine.shutdown().await;
+}
+
+/// A slot waiting for memory does not hold one of the engine's `streams`: with a single stream,
+/// a pinned model's request is answered while another model waits to load into room that the
+/// pinned one never gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_waiting_for_memory_does_not_hold_the_only_stream() {
+    let mut cfg = two_models(false);
+    cfg.streams = 1;
+    cfg.models[1].resident = true;
+    let options = EngineOptions {
+        memory_wait: Duration::from_secs(3),
+        ..tight_options()
+    };
+    let engine = Engine::start(cfg, options).unwrap();
+    engine.started().await;
+    assert_eq!(
+        (state(&engine, "a"), state(&engine, "b")),
+        (ModelState::Unloaded, ModelState::Ready),
+        "a was calibrated, then unloaded for pinned b"
+    );
+    let waiting = {
+        let e = engine.clone();
+        tokio::spawn(async move { e.infer("a", image(1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.infer("b", image(2)).await.unwrap();
+    assert!(
+        !waiting.is_finished(),
+        "b must be answered while a still waits for memory, not after it gives up"
+    );
+    let refused = waiting.await.unwrap().unwrap_err();
+    assert!(
+        matches!(refused, InferError::ModelNotReady { .. }),
+        "{refused:?}"
+    );
     engine.shutdown().await;
 }
