@@ -96,35 +96,47 @@ fn fail_all(entry: &ModelEntry, requests: Vec<Request>, error: &InferError) {
 /// What a slot holds while it runs a batch.
 struct Admitted<'a> {
     in_use: InUse<'a>,
-    _reservation: crate::admission::Reservation,
+    reservation: crate::admission::Reservation,
     requests: Vec<Request>,
-    _pass: Pass<'a>,
+    pass: Pass<'a>,
+}
+
+/// The model loaded and held in use, or None with the requests a load failure concerns failed.
+fn take_in_use<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<InUse<'a>> {
+    match loader::ensure_loaded(shared, entry) {
+        Ok(in_use) => Some(in_use),
+        Err(failure) => {
+            let error = InferError::ModelNotReady {
+                model: entry.name.clone(),
+                reason: failure.reason().to_owned(),
+            };
+            let requests = match failure {
+                LoadFailure::Permanent(_) => entry.queue.take_all(),
+                LoadFailure::Transient(_) => entry.queue.take(entry.batch_cap()),
+            };
+            fail_all(entry, requests, &error);
+            None
+        }
+    }
 }
 
 /// Loads the model, passes the streams gate and admits as large a batch as memory allows,
-/// waiting (or failing the requests) when even one image does not fit. The gate is entered only
-/// once the model is loaded, and left while waiting for memory: a load or a memory wait holding
-/// one of the `streams` passes would keep other models' ready batches off the device. The batch
-/// is taken after the gate, so requests arriving while the slot waited for it join the batch.
+/// waiting (or failing the requests) when even one image does not fit.
+///
+/// No pass of the gate is held while the model loads or while the slot waits for memory: a
+/// load or a memory wait holding one of the `streams` passes would keep other models' ready
+/// batches off the device. Nor is the model held in use while the slot waits for the gate, so
+/// the slot holding a pass can still unload it if it is idle. The batch is taken after the gate,
+/// so requests arriving meanwhile join it. The memory deadline counts from the first pass.
 fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<Admitted<'a>> {
-    let deadline = Instant::now() + shared.options.memory_wait;
+    let mut first_pass: Option<Instant> = None;
     loop {
-        let in_use = match loader::ensure_loaded(shared, entry) {
-            Ok(m) => m,
-            Err(failure) => {
-                let error = InferError::ModelNotReady {
-                    model: entry.name.clone(),
-                    reason: failure.reason().to_owned(),
-                };
-                let requests = match failure {
-                    LoadFailure::Permanent(_) => entry.queue.take_all(),
-                    LoadFailure::Transient(_) => entry.queue.take(entry.batch_cap()),
-                };
-                fail_all(entry, requests, &error);
-                return None;
-            }
-        };
+        // Load holding nothing; then wait for a stream holding nothing, and take the model in
+        // use (normally still loaded; unloaded meanwhile, it loads again, now under the pass).
+        drop(take_in_use(shared, entry)?);
         let mut pass = shared.gate.enter();
+        let in_use = take_in_use(shared, entry)?;
+        let deadline = *first_pass.get_or_insert_with(Instant::now) + shared.options.memory_wait;
         let max_n = entry.queue.depth().min(entry.batch_cap());
         if max_n == 0 {
             return None;
@@ -174,9 +186,9 @@ fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<Admitted<'a>> 
                 }
                 return Some(Admitted {
                     in_use,
-                    _reservation: reservation,
+                    reservation,
                     requests,
-                    _pass: pass,
+                    pass,
                 });
             }
             if !loader::make_room(shared, cost(1), &entry.name) {
@@ -185,8 +197,8 @@ fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<Admitted<'a>> 
         }
         // Wait without holding the model, so models waiting on each other cannot deadlock, and
         // without a stream.
-        drop(pass);
         drop(in_use);
+        drop(pass);
         if Instant::now() >= deadline {
             let reason = format!(
                 "no memory for a batch of 1 ({} bytes) within {:?}: {} of {} budget bytes are reserved",
@@ -209,9 +221,9 @@ fn admit<'a>(shared: &'a Shared, entry: &'a ModelEntry) -> Option<Admitted<'a>> 
 fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     let Some(Admitted {
         in_use,
-        _reservation,
+        reservation,
         requests,
-        _pass,
+        pass,
     }) = admit(shared, entry)
     else {
         return;
@@ -301,4 +313,10 @@ fn serve_batch(shared: &Shared, entry: &ModelEntry, stager: &mut Stager) {
     for (reply, answer) in answers {
         let _ = reply.send(answer);
     }
+    // The model, then its memory, then the stream: a slot woken by the memory's release finds
+    // this model already idle (unloadable for room), and one let through the gate finds the
+    // memory free.
+    drop(in_use);
+    drop(reservation);
+    drop(pass);
 }

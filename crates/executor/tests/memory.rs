@@ -141,3 +141,37 @@ async fn a_model_waiting_for_memory_does_not_hold_the_only_stream() {
     );
     engine.shutdown().await;
 }
+
+/// Under steady traffic to one model, a request for another that needs it unloaded is still
+/// served: the busy model's slots wait for the gate holding nothing, so between its batches it
+/// is idle and can make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_model_still_makes_room_for_another() {
+    let mut cfg = two_models(false);
+    cfg.streams = 1;
+    let options = EngineOptions {
+        memory_wait: Duration::from_secs(5),
+        ..tight_options()
+    };
+    let engine = Engine::start(cfg, options).unwrap();
+    engine.started().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let (e, stop) = (engine.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    e.infer("b", image(i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered = engine.infer("a", image(9)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for b in busy {
+        b.await.unwrap();
+    }
+    assert!(answered.is_ok(), "{answered:?}");
+    engine.shutdown().await;
+}
