@@ -5,7 +5,7 @@
 set -euo pipefail
 CACHE="${GPUPOOL_CACHE:-$HOME/.cache/gpupool}"
 VENV="$CACHE/venv"
-REQS="torch==2.11.0 nvidia-cuda-crt==13.0.88 numpy pillow helm-python-sdk==0.2.2"
+REQS="torch==2.11.0 nvidia-cuda-crt==13.0.88 numpy pillow scipy helm-python-sdk==0.2.2"
 STAMP="$VENV/.gpupool-stamp"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQS" ]]; then
   exit 0
