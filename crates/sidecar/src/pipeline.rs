@@ -4,9 +4,11 @@
 //! Each image first reserves the host memory it will hold (from its header, before decoding) in
 //! the process-wide [`ImageMemory`], and keeps it until its answer is built. (A request dropped
 //! while the engine runs its batch releases it while that batch still holds the pixels: one
-//! batch's time at most.) Decoding and contour
-//! extraction run on tokio's blocking pool, so the async workers keep
-//! accepting requests and the batcher keeps the GPU fed while the CPU works on other images.
+//! batch's time at most.)
+//!
+//! Header parsing, decoding and contour extraction run on tokio's blocking pool, so the async
+//! workers keep accepting requests and the batcher keeps the GPU fed while the CPU works on other
+//! images.
 
 use crate::backend::{Backend, ModelInfo};
 use crate::error::ApiError;
