@@ -51,6 +51,12 @@ pub struct Inference {
     pub batch_size: u32,
 }
 
+impl AsRef<[f32]> for Inference {
+    fn as_ref(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
 /// Why the backend could not answer; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {

@@ -1,8 +1,56 @@
 //! Tensor data as the Open Inference Protocol sends it: a JSON array of numbers, flat or nested
-//! to any depth, read straight into one `Vec<f32>` without building a JSON tree first.
+//! to any depth, read straight into one `Vec<f32>` without building a JSON tree first; and
+//! written back from several images' values as one flat array, again without a tree (a
+//! `serde_json::Value` costs about 40 bytes per number before any text is written).
 
 use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::Serialize;
 use std::fmt;
+
+/// The body of an infer response: one output tensor, written straight from the parts.
+#[derive(Debug, Serialize)]
+#[serde(bound = "T: AsRef<[f32]>")]
+pub struct InferResponse<'a, T> {
+    /// The model that ran.
+    pub model_name: &'a str,
+    /// Always "1" (one version per name).
+    pub model_version: &'a str,
+    /// The request's `id`, echoed (null when it had none).
+    pub id: Option<String>,
+    /// The logits.
+    pub outputs: [OutputTensor<'a, T>; 1],
+}
+
+/// One output tensor of an infer response.
+#[derive(Debug, Serialize)]
+#[serde(bound = "T: AsRef<[f32]>")]
+pub struct OutputTensor<'a, T> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its element type, e.g. `FP32`.
+    pub datatype: &'a str,
+    /// `[N, 1, H, W]`.
+    pub shape: [i64; 4],
+    /// The values, row-major.
+    pub data: JoinedTensor<'a, T>,
+}
+
+/// The values of several parts (e.g. one logit map per image) serialised as one flat JSON array,
+/// without copying them into one buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinedTensor<'a, T>(pub &'a [T]);
+
+impl<T: AsRef<[f32]>> Serialize for JoinedTensor<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = self.0.iter().map(|part| part.as_ref().len()).sum();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for value in self.0.iter().flat_map(|part| part.as_ref()) {
+            seq.serialize_element(value)?;
+        }
+        seq.end()
+    }
+}
 
 /// Row-major tensor values, flattened.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,7 +115,16 @@ impl<'de> Deserialize<'de> for FlatTensor {
 
 #[cfg(test)]
 mod tests {
-    use super::FlatTensor;
+    use super::{FlatTensor, JoinedTensor};
+
+    #[test]
+    fn parts_join_into_one_flat_array_that_reads_back_exactly() {
+        let parts = vec![vec![0.1f32, -2.5], vec![], vec![1e-7, f32::MAX]];
+        let text = serde_json::to_string(&JoinedTensor(&parts)).expect("serialise");
+        assert_eq!(text, "[0.1,-2.5,1e-7,3.4028235e+38]");
+        let back: FlatTensor = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back.into_inner(), [0.1f32, -2.5, 1e-7, f32::MAX]);
+    }
 
     #[test]
     fn flat_and_nested_arrays_flatten_in_row_major_order() {
