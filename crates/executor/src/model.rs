@@ -254,20 +254,21 @@ impl LoadedModel {
     /// Runs one batch: `input` is float32 NCHW on the device; returns float32 logits on the device.
     /// Work is queued on the calling thread's current stream (`stream` is its raw handle).
     pub fn forward(&self, input: &Tensor, stream: usize) -> Result<Tensor, ForwardFailure> {
-        let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
         let out = tch::no_grad(|| match &self.runner {
             Runner::Script {
                 module,
                 mode: PrecisionMode::Native,
                 ..
-            } => module.forward_ts(&[input]).map_err(torch),
+            } => module
+                .forward_ts(&[input])
+                .map_err(ForwardFailure::classify),
             Runner::Script {
                 module,
                 mode: PrecisionMode::CastWeights(kind),
                 ..
             } => {
-                let x = input.f_to_kind(*kind).map_err(torch)?;
-                module.forward_ts(&[x]).map_err(torch)
+                let x = input.f_to_kind(*kind).map_err(ForwardFailure::classify)?;
+                module.forward_ts(&[x]).map_err(ForwardFailure::classify)
             }
             Runner::Script {
                 module,
@@ -276,16 +277,18 @@ impl LoadedModel {
             } => {
                 let _autocast = AutocastGuard::enter(self.device.tch(), *kind)
                     .map_err(|e| ForwardFailure::Other(e.to_string()))?;
-                module.forward_ts(&[input]).map_err(torch)
+                module
+                    .forward_ts(&[input])
+                    .map_err(ForwardFailure::classify)
             }
             Runner::Packages { buckets, route } => {
                 buckets::run(buckets, route, input, stream).map_err(ForwardFailure::classify)
             }
         })?;
-        if out.f_kind().map_err(torch)? == Kind::Float {
+        if out.f_kind().map_err(ForwardFailure::classify)? == Kind::Float {
             Ok(out)
         } else {
-            out.f_to_kind(Kind::Float).map_err(torch)
+            out.f_to_kind(Kind::Float).map_err(ForwardFailure::classify)
         }
     }
 }

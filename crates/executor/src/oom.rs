@@ -21,8 +21,9 @@ pub(crate) fn is_out_of_memory(message: &str) -> bool {
 }
 
 impl ForwardFailure {
-    /// Classifies a libtorch error message.
-    pub fn classify(message: String) -> Self {
+    /// Classifies a libtorch error (or its message).
+    pub fn classify(error: impl std::fmt::Display) -> Self {
+        let message = error.to_string();
         if is_out_of_memory(&message) {
             ForwardFailure::OutOfMemory(message)
         } else {
@@ -101,11 +102,11 @@ mod tests {
     #[test]
     fn classifies_torch_messages() {
         assert!(matches!(
-            ForwardFailure::classify(OOM.into()),
+            ForwardFailure::classify(OOM),
             ForwardFailure::OutOfMemory(_)
         ));
         assert!(matches!(
-            ForwardFailure::classify("Expected 4-dimensional input".into()),
+            ForwardFailure::classify("Expected 4-dimensional input"),
             ForwardFailure::Other(_)
         ));
     }

@@ -151,10 +151,13 @@ impl Stager {
         if range.clone().all(|i| matches!(kind_of(i), Staged::Tensor)) {
             return self.run_tensors(model, range);
         }
-        let torch = |e: tch::TchError| ForwardFailure::classify(e.to_string());
         let (device, stream, h, w) = (self.device, self.stream, self.height, self.width);
         if self.device_norm.is_none() {
-            self.device_norm = Some(self.norm.on(device.tch()).map_err(torch)?);
+            self.device_norm = Some(
+                self.norm
+                    .on(device.tch())
+                    .map_err(ForwardFailure::classify)?,
+            );
         }
         let Some(norm) = self.device_norm.as_ref() else {
             return Err(ForwardFailure::Other(
@@ -174,8 +177,8 @@ impl Stager {
                 }
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(torch)?;
-        let input = Tensor::f_cat(&parts, 0).map_err(torch)?;
+            .map_err(ForwardFailure::classify)?;
+        let input = Tensor::f_cat(&parts, 0).map_err(ForwardFailure::classify)?;
         drop(parts);
         let out = model.forward(&input, stream)?;
         drop(input);
@@ -184,22 +187,26 @@ impl Stager {
             self.probabilities.resize_with(range.end, || None);
         }
         for (j, i) in range.enumerate() {
-            let item = out.f_narrow(0, to_i64(j), 1).map_err(torch)?;
+            let item = out
+                .f_narrow(0, to_i64(j), 1)
+                .map_err(ForwardFailure::classify)?;
             match kind_of(i) {
                 Staged::Tensor => {
                     let b = holding(&self.buffers, &(i..i + 1))?;
                     let mut host = b.output.f_narrow(0, to_i64(i), 1).map_err(other)?;
-                    let flat = item.f_reshape([1, to_i64(h * w)]).map_err(torch)?;
+                    let flat = item
+                        .f_reshape([1, to_i64(h * w)])
+                        .map_err(ForwardFailure::classify)?;
                     cuda::tensor_copy(&mut host, &flat, device.is_cuda())
-                        .map_err(|e| ForwardFailure::classify(e.to_string()))?;
+                        .map_err(ForwardFailure::classify)?;
                 }
                 Staged::Image { image } => {
                     let probs = image::to_probabilities(&item, image.width(), image.height())
-                        .map_err(torch)?;
+                        .map_err(ForwardFailure::classify)?;
                     let host = if device.is_cuda() {
                         let mut host = cuda::empty_pinned(&probs.size()).map_err(other)?;
                         cuda::tensor_copy(&mut host, &probs, true)
-                            .map_err(|e| ForwardFailure::classify(e.to_string()))?;
+                            .map_err(ForwardFailure::classify)?;
                         host
                     } else {
                         probs
@@ -208,9 +215,7 @@ impl Stager {
                 }
             }
         }
-        device
-            .synchronize()
-            .map_err(|e| ForwardFailure::classify(e.to_string()))
+        device.synchronize().map_err(ForwardFailure::classify)
     }
 
     /// Takes the probabilities of decoded image `i` (after [`Stager::run_batch`]).
@@ -246,10 +251,8 @@ impl Stager {
         let flat = out.f_reshape([len, to_i64(h * w)]).map_err(other)?;
         let mut host_out = b.output.f_narrow(0, start, len).map_err(other)?;
         cuda::tensor_copy(&mut host_out, &flat, device.is_cuda())
-            .map_err(|e| ForwardFailure::classify(e.to_string()))?;
-        device
-            .synchronize()
-            .map_err(|e| ForwardFailure::classify(e.to_string()))
+            .map_err(ForwardFailure::classify)?;
+        device.synchronize().map_err(ForwardFailure::classify)
     }
 
     /// Copies the logits of image `i` (after [`Stager::run`]).

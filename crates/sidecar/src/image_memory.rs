@@ -5,10 +5,10 @@
 //! of large microscope frames could need tens of GiB of host memory and get the container
 //! OOM-killed, losing every request in it. Each image reserves what it will need (its file, its
 //! decoded pixels, the upload copies and the post-processing buffers, estimated from the file
-//! header before anything is allocated) for its whole way through the pipeline; when the budget is spent, the next image
-//! waits for memory instead of being refused. Waiters are served in arrival order, so a large
-//! image is not starved by a stream of small ones. One image that could never fit is refused
-//! with 413 at once.
+//! header before anything is allocated) for its whole way through the pipeline; when the budget
+//! is spent, the next image waits for memory instead of being refused. Waiters are served in
+//! arrival order, so a large image is not starved by a stream of small ones. One image that could
+//! never fit is refused with 413 at once.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;

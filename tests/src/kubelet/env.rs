@@ -96,15 +96,13 @@ fn resource_field(
     container: &Container,
     field: &ResourceFieldSelector,
 ) -> std::result::Result<String, String> {
-    let (kind, name) = field
-        .resource
-        .split_once('.')
-        .ok_or_else(|| format!("unsupported resourceFieldRef {}", field.resource))?;
+    let unsupported = || format!("unsupported resourceFieldRef {}", field.resource);
+    let (kind, name) = field.resource.split_once('.').ok_or_else(unsupported)?;
     let resources = container.resources.as_ref();
     let set = match kind {
         "requests" => resources.and_then(|r| r.requests.as_ref()),
         "limits" => resources.and_then(|r| r.limits.as_ref()),
-        _ => return Err(format!("unsupported resourceFieldRef {}", field.resource)),
+        _ => return Err(unsupported()),
     }
     .and_then(|m| m.get(name))
     .map(|q| q.0.as_str());

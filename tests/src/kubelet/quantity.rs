@@ -1,7 +1,9 @@
 //! Resource quantities ("512Mi", "8G", "1.5Gi", "250m", "2e9") as numbers, for the downward API's
 //! `resourceFieldRef`, which the kubelet hands to a container as the quantity divided by the
 //! divisor, rounded up. The API server's grammar: a decimal number, then a binary suffix
-//! (Ki … Ei), a decimal suffix (m, k, M … E) or a decimal exponent (e3, E-2).
+//! (Ki … Ei), a decimal suffix (m, k, M … E) or a decimal exponent (e3, E-2). (The api crate's
+//! `parse_quantity_bytes` reads only the pool CRD's memory grammar: no milli-units such as CPU's
+//! "500m", no signs or exponents, all of which a pod's resources may hold.)
 
 /// The quantity's value; None when the text is not a non-negative quantity.
 pub(crate) fn value(text: &str) -> Option<f64> {

@@ -286,9 +286,16 @@ impl ImageHeader {
     /// What the widest image of `max_pixels` pixels holds ([`Self::host_bytes`] of 16-bit
     /// RGBA): an image-memory budget below it refuses some images the pixel limit accepts.
     pub fn largest_host_bytes(max_pixels: u64) -> u64 {
-        max_pixels.saturating_mul(
-            Self::WIDEST_BYTES_PER_PIXEL + 3 * 2 + Self::POSTPROCESS_BYTES_PER_PIXEL,
-        )
+        let widest_pixel = ImageHeader {
+            format: SourceFormat::Tiff,
+            width: 1,
+            height: 1,
+            decoded_bytes: Self::WIDEST_BYTES_PER_PIXEL,
+            has_alpha: true,
+            channels: 3,
+            bytes_per_sample: 2,
+        };
+        max_pixels.saturating_mul(widest_pixel.host_bytes())
     }
 
     /// Pixels in the image.
