@@ -18,6 +18,7 @@
 #                                    only while it stays held)
 #   bash bench/gpu_run.sh smoke      the sidecar smoke against PyTorch alone (about 3 minutes)
 #   bash bench/gpu_run.sh baselines  Python baselines a, b, c, d on the same TorchScript files
+#                                    (MODES=a,b,d picks modes; D_BATCHES=8 compiles (d) for batch 8 only)
 # Results go to $OUT (the device tool brings them back) as results.tgz, re-packed after every step
 # so a call cut short by its time limit still returns what it measured. Files already exported in
 # /tmp/gpupool-gpu (an earlier call on the same machine) are reused.
@@ -183,7 +184,7 @@ http_runs() { # per model at 8 clients, then the 4/2/2 mix, against the running 
 baselines() { # modes c-variants seconds
   for m in $MODELS_LIST; do
     $PY bench/python_baselines.py --model "$m" --models-dir "$MODELS" --modes "$1" \
-      --c-variants "$2" --seconds "$3" --out "$OUT/baselines-$1-$m.json" >>"$OUT/baselines.log" 2>&1 \
+      --c-variants "$2" --d-batches "${D_BATCHES:-8,16}" --seconds "$3" --out "$OUT/baselines-$1-$m.json" >>"$OUT/baselines.log" 2>&1 \
       || echo "baselines $1 $m failed" | tee -a "$OUT/skipped.txt"
     checkpoint
   done

@@ -6,7 +6,9 @@ Modes (docs/benchmarks.md explains each):
   a  the original service's way: fp32, batch 1, 8 client threads behind one model lock
   b  the seed's proposal: fp16 weights, 8 threads each on its own CUDA stream, batch 1, no lock
   c  the best eager batching: fp16 / bf16 weights, autocast fp16, fp32, at batch 8 and 16
-  d  torch.compile (default mode) of the eager model, fp16 weights, batch 8 and 16
+  d  torch.compile (default mode) of the eager model, fp16 weights, batch 8 and 16 (--d-batches:
+     each further batch size makes torch.compile recompile with a dynamic batch dimension, which
+     costs HRNet about two minutes on the H200)
 Expects DIR/<model>.<precision>.pt for fp32, fp16 and bf16 (tests/models/export.py --all writes
 <model>.pt; bench/gpu_run.sh names them by precision). Inputs are random normalised tensors already
 on the GPU: these are model-throughput baselines, without decode or post-processing.
@@ -179,7 +181,7 @@ def mode_d(args, size):
     eager = spheroid.build(args.model, seed=0).to(DEV).half().eval()
     t0 = time.perf_counter()
     compiled = torch.compile(eager)
-    for batch in (8, 16):
+    for batch in (int(b) for b in args.d_batches.split(",")):
         x = torch.randn(batch, 3, size, size, device=DEV, dtype=torch.float16)
 
         def run():
@@ -206,6 +208,7 @@ def main():
         default="fp16:8,fp16:16,bf16:8,bf16:16,autocast:8,autocast:16,fp32:8,fp32:16",
         help="mode c configurations as variant:batch (variants: fp16, bf16, autocast, fp32)",
     )
+    p.add_argument("--d-batches", default="8,16", help="mode d batch sizes, compiled in this order")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     runners = {"a": mode_a, "b": mode_b, "c": mode_c, "d": mode_d}
