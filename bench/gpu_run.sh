@@ -15,15 +15,18 @@
 #   bash bench/gpu_run.sh prepare    final's first half: exports, and the smoke while packages compile
 #   bash bench/gpu_run.sh measure    final's second half, on the exports `prepare` left in
 #                                    /tmp/gpupool-gpu (chain the two calls: the machine keeps /tmp
-#                                    only while it stays held)
+#                                    only while it stays held), or on its own (it exports what is
+#                                    missing); SLOTS, CLIENTS, C_VARIANTS narrow it
 #   bash bench/gpu_run.sh smoke      the sidecar smoke against PyTorch alone (about 3 minutes)
+#   bash bench/gpu_run.sh batching   batch formation at 4 and 8 clients, TorchScript HRNet, this
+#                                    build against engine_bench.before (about 3 minutes)
 #   bash bench/gpu_run.sh baselines  Python baselines a, b, c, d on the same TorchScript files
 #                                    (MODES=a,b,d picks modes; D_BATCHES=8 compiles (d) for batch 8 only)
 # Results go to $OUT (the device tool brings them back) as results.tgz, re-packed after every step
 # so a call cut short by its time limit still returns what it measured. Files already exported in
 # /tmp/gpupool-gpu (an earlier call on the same machine) are reused.
 set -uo pipefail
-PHASE=${1:?smoke|prepare|measure|final|compiled|baselines}
+PHASE=${1:?smoke|prepare|measure|final|compiled|batching|baselines}
 LIMIT_S=${LIMIT_S:-570}
 WORK=/tmp/gpupool-gpu; MODELS=$WORK/models; mkdir -p "$MODELS"
 # The device tool brings back at most 8 files: results are collected in one folder and packed.
@@ -135,8 +138,8 @@ engine() { # name config clients seconds models... (extra engine_bench flags in 
 }
 
 SIDECAR_PID=
-sidecar() { # config: starts the sidecar on :8080 and waits until it is ready
-  "$BIN/gpupool-sidecar" --config "$1" --listen 127.0.0.1:8080 --device cuda \
+sidecar() { # config [binary]: starts the sidecar on :8080 and waits until it is ready
+  "$BIN/${2:-gpupool-sidecar}" --config "$1" --listen 127.0.0.1:8080 --device cuda \
     --calibration-iters 3 >>"$OUT/sidecar.log" 2>&1 &
   SIDECAR_PID=$!
   for _ in $(seq 400); do
@@ -227,19 +230,48 @@ prepare() {
   checkpoint
 }
 
-# On the packages (exported first if missing), with a 22 GiB budget and the three models
-# resident: the engine alone per model over 1-32 clients and the 4/2/2 mix, HTTP end to end per
-# model and mixed, then baseline (c).
+# On the packages (exported first if missing, the TorchScript files meanwhile), with a 22 GiB
+# budget and the three models resident: the engine alone per model over CLIENTS and the 4/2/2 mix,
+# HTTP end to end per model and mixed, then baseline (c) (C_VARIANTS). SLOTS per model: 1 by
+# default, since two batches of 8 of UNet (10.4 GiB each at its peak) or CBAM-ResUNet (9.2 GiB)
+# do not fit 22 GiB beside the weights, so a second slot only shrinks both batches.
 measure() {
-  export_ts fp16
-  export_aoti
+  export_aoti &
+  local compiling=$!
+  export_ts fp16 fp32 # baseline (c)'s autocast variant runs the fp32 file
+  wait $compiling
   [[ -s $WORK/spheroids.png ]] || images
-  write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 2 8 $MODELS_LIST
+  write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 "${SLOTS:-1}" 8 $MODELS_LIST
   cp "$WORK/budget22.yaml" "$OUT/"
-  have_time 170 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
-    engine budget22 "$WORK/budget22.yaml" 1,2,4,8,16,32 3 "${MIX[@]}"
-  have_time 110 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
-  have_time 60 "baselines c" && baselines c fp16:8,autocast:8 3
+  have_time 150 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
+    engine budget22 "$WORK/budget22.yaml" "${CLIENTS:-1,2,4,8,16,32}" 3 "${MIX[@]}"
+  have_time 60 "baselines c" && baselines c "${C_VARIANTS:-fp16:8,autocast:8}" 3
+  have_time 100 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
+}
+
+# A short check of batch formation (no package to compile): TorchScript HRNet, one slot, 4 and 8
+# clients, the engine alone and HTTP end to end, this build and, if present, an earlier one put
+# in .cache/device by hand as engine_bench.before / gpupool-sidecar.before, in the same call.
+batching() {
+  local MODELS_LIST=hrnet b
+  export_ts fp16
+  images
+  write_config "$WORK/ts-hrnet.yaml" pt $ROOMY 8 1 8 hrnet
+  cp "$WORK/ts-hrnet.yaml" "$OUT/"
+  for b in engine_bench.before engine_bench; do
+    [[ -x $BIN/$b ]] || continue
+    have_time 50 "$b" && "$BIN/$b" "$WORK/ts-hrnet.yaml" --device cuda --clients 4,8 --seconds 3 \
+      --model hrnet >"$OUT/engine-ts-hrnet-$b.json" 2>>"$OUT/engine.log"
+    checkpoint
+  done
+  for b in gpupool-sidecar.before gpupool-sidecar; do
+    [[ -x $BIN/$b ]] || continue
+    have_time 40 "http $b" || continue
+    sidecar "$WORK/ts-hrnet.yaml" "$b"
+    "$BIN/gpupool-loadgen" --target http://127.0.0.1:8080 --image "$WORK/spheroids.png" \
+      --model hrnet --clients 8 --seconds 6 >"$OUT/http-ts-hrnet-$b.json"
+    stop_sidecar
+  done
 }
 
 case "$PHASE" in
@@ -252,6 +284,7 @@ compiled) compiled ;;
 prepare) prepare ;;
 measure) measure ;;
 final) prepare; measure ;;
+batching) batching ;;
 baselines)
   export_ts fp16 fp32 bf16
   baselines "${MODES:-a,b,c,d}" fp16:8,fp16:16,bf16:8,bf16:16,autocast:8,autocast:16,fp32:8,fp32:16 "${SECONDS_PER:-4}"

@@ -44,13 +44,16 @@ int gpupool_tensor_copy(void* dst, const void* src, int non_blocking) {
   })
 }
 
-// A new float32 CPU tensor of the given shape in page-locked (pinned) memory, as a heap at::Tensor*
-// owned by the caller (tch frees it). Without a CUDA device it is ordinary memory.
-int gpupool_empty_pinned(const int64_t* sizes, size_t ndim, void** out) {
+// A new CPU tensor of the given shape and c10::ScalarType code in page-locked (pinned) memory, as a
+// heap at::Tensor* owned by the caller (tch frees it). Without a CUDA device it is ordinary memory.
+int gpupool_empty_pinned(const int64_t* sizes, size_t ndim, int scalar_type, void** out) {
   if (sizes == nullptr || out == nullptr) return GPUPOOL_EINVAL;
   *out = nullptr;
   GPUPOOL_GUARD({
-    auto options = at::TensorOptions().dtype(at::kFloat).device(at::kCPU).pinned_memory(at::hasCUDA());
+    auto options = at::TensorOptions()
+                       .dtype(static_cast<at::ScalarType>(scalar_type))
+                       .device(at::kCPU)
+                       .pinned_memory(at::hasCUDA());
     *out = new at::Tensor(at::empty(c10::IntArrayRef(sizes, ndim), options));
     return GPUPOOL_OK;
   })

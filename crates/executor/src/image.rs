@@ -9,6 +9,7 @@
 //! (`interpolate(mode="bilinear", antialias=True)`, Pillow's filter), so a mask computed here
 //! agrees with one computed in Python. On the CPU the same libtorch operations run.
 
+use crate::cuda::HostTensor;
 use tch::{Device, Kind, Tensor};
 
 /// Interleaved samples of a decoded image, as decoders produce them.
@@ -29,13 +30,25 @@ impl Samples {
     }
 }
 
+/// The samples where the slot uploads them from: a host tensor, pinned when there is a GPU, so
+/// the upload is one asynchronous copy and the slot's thread touches no pixel. 16-bit samples
+/// are kept as int16 bit patterns (tch has no uint16 tensors; `RawImage::upload` widens them on the device).
+#[derive(Debug)]
+enum HostSamples {
+    U8(HostTensor<u8>),
+    U16(HostTensor<i16>),
+}
+
 /// A decoded image to segment: `height` rows of `width` pixels of `channels` interleaved samples.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Making one copies the samples into (pinned) host memory, so make it where that copy costs
+/// nothing that matters: on a blocking pool, not on an async worker or a slot's thread.
+#[derive(Debug)]
 pub struct RawImage {
     width: u32,
     height: u32,
     channels: u8,
-    samples: Samples,
+    samples: HostSamples,
 }
 
 /// Why a [`RawImage`] could not be built.
@@ -66,15 +79,19 @@ pub enum RawImageError {
         /// Samples given.
         got: usize,
     },
+    /// No host memory for the samples.
+    #[error("no host memory for the image's samples: {0}")]
+    HostMemory(String),
 }
 
 impl RawImage {
-    /// Checks that `samples` holds `width × height × channels` values (1 or 3 channels).
+    /// Checks that `samples` holds `width × height × channels` values (1 or 3 channels) and copies
+    /// them into host memory the device can read asynchronously.
     pub fn new(
         width: u32,
         height: u32,
         channels: u8,
-        samples: Samples,
+        samples: &Samples,
     ) -> Result<Self, RawImageError> {
         if width == 0 || height == 0 {
             return Err(RawImageError::Empty { width, height });
@@ -92,6 +109,13 @@ impl RawImage {
                 got: samples.len(),
             });
         }
+        let host = |e: crate::cuda::ShimError| RawImageError::HostMemory(e.to_string());
+        let samples = match samples {
+            Samples::U8(v) => HostSamples::U8(HostTensor::from_slice(v).map_err(host)?),
+            Samples::U16(v) => {
+                HostSamples::U16(HostTensor::from_slice(bytemuck::cast_slice(v)).map_err(host)?)
+            }
+        };
         Ok(Self {
             width,
             height,
@@ -120,8 +144,8 @@ impl RawImage {
     pub(crate) fn scratch_bytes(&self, model_pixels: usize) -> u64 {
         let c = usize::from(self.channels);
         let sample = match self.samples {
-            Samples::U8(_) => 1,
-            Samples::U16(_) => 2 + 4, // uploaded as int16, widened to int32 (see `upload`)
+            HostSamples::U8(_) => 1,
+            HostSamples::U16(_) => 2 + 4, // uploaded as int16, widened to int32 (see `upload`)
         };
         let inward = self.pixels() * c * (sample + 4 + 4) + model_pixels * 3 * 4 * 2;
         let outward = model_pixels * 4 + self.pixels() * (4 + 4 + 1);
@@ -136,19 +160,22 @@ impl RawImage {
             i64::from(self.width),
             i64::from(self.channels),
         );
+        // From pinned memory the copy is asynchronous on the slot's stream; the samples outlive
+        // it (the request holds them until its batch is answered, after the stream synchronises).
+        let non_blocking = device.is_cuda();
         let (hwc, max) = match &self.samples {
-            Samples::U8(v) => (
-                Tensor::f_from_slice(v)?
-                    .f_to_device_(device, Kind::Uint8, false, false)?
+            HostSamples::U8(t) => (
+                t.tensor()
+                    .f_to_device_(device, Kind::Uint8, non_blocking, false)?
                     .f_to_kind(Kind::Float)?,
                 255.0,
             ),
-            // tch has no uint16 tensors: the samples travel as int16 bit patterns (half the
-            // bytes of floats, and no widening pass on the slot's thread), then become int32 on
-            // the device, where masking off the sign extension restores 0..65535 exactly.
-            Samples::U16(v) => (
-                Tensor::f_from_data_size(bytemuck::cast_slice(v), &[h * w * c], Kind::Int16)?
-                    .f_to_device_(device, Kind::Int16, false, false)?
+            // The int16 bit patterns become int32 on the device, where masking off the sign
+            // extension restores 0..65535 exactly: half the bytes of floats over the bus, and no
+            // widening pass on the host.
+            HostSamples::U16(t) => (
+                t.tensor()
+                    .f_to_device_(device, Kind::Int16, non_blocking, false)?
                     .f_to_kind(Kind::Int)?
                     .f_bitwise_and_(0xFFFF)?
                     .f_to_kind(Kind::Float)?,
@@ -218,16 +245,48 @@ pub(crate) fn to_model_input(
     rgb.f_sub(&norm.mean)?.f_div(&norm.std)?.f_contiguous()
 }
 
+/// Foreground probabilities of one image, row-major, as they came back from the device: the
+/// host tensor the slot copied them into (pinned on a GPU), handed over without another copy.
+/// Reads as a `[f32]`.
+#[derive(Debug)]
+pub struct Probabilities(HostTensor<f32>);
+
+impl Probabilities {
+    /// Wraps probabilities already on the host.
+    pub(crate) fn new(host: HostTensor<f32>) -> Self {
+        Self(host)
+    }
+
+    /// A copy of `values` (tests and callers that build a [`Segmentation`] themselves).
+    pub fn from_slice(values: &[f32]) -> Result<Self, crate::cuda::ShimError> {
+        HostTensor::from_slice(values).map(Self)
+    }
+}
+
+impl std::ops::Deref for Probabilities {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        self.0.as_slice()
+    }
+}
+
+impl PartialEq for Probabilities {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 /// A segmented image: foreground probabilities at the image's own size, row-major, and the
 /// threshold that makes its mask.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Segmentation {
     /// Pixels across (the uploaded image's).
     pub width: u32,
     /// Pixels down.
     pub height: u32,
     /// Foreground probability of each pixel.
-    pub probabilities: Vec<f32>,
+    pub probabilities: Probabilities,
     /// Probability above which a pixel is foreground.
     pub threshold: f32,
     /// How many images the forward pass that produced it ran (after any out-of-memory split).
@@ -280,18 +339,18 @@ mod tests {
     #[test]
     fn raw_images_are_checked() {
         assert_eq!(
-            RawImage::new(0, 4, 3, Samples::U8(vec![])).unwrap_err(),
+            RawImage::new(0, 4, 3, &Samples::U8(vec![])).unwrap_err(),
             RawImageError::Empty {
                 width: 0,
                 height: 4
             }
         );
         assert_eq!(
-            RawImage::new(2, 2, 4, Samples::U8(vec![0; 16])).unwrap_err(),
+            RawImage::new(2, 2, 4, &Samples::U8(vec![0; 16])).unwrap_err(),
             RawImageError::Channels(4)
         );
         assert!(matches!(
-            RawImage::new(2, 2, 3, Samples::U8(vec![0; 11])),
+            RawImage::new(2, 2, 3, &Samples::U8(vec![0; 11])),
             Err(RawImageError::Length {
                 expected: 12,
                 got: 11,
@@ -304,7 +363,7 @@ mod tests {
     fn uniform_image_normalises_to_the_expected_constant() {
         // A flat 8-bit gray image of value 255 at any size: every pixel of channel c becomes
         // (1 - mean[c]) / std[c] after resizing (resizing a constant keeps it).
-        let image = RawImage::new(37, 21, 1, Samples::U8(vec![255; 37 * 21])).unwrap();
+        let image = RawImage::new(37, 21, 1, &Samples::U8(vec![255; 37 * 21])).unwrap();
         let x = on_cpu(&image, (16, 24));
         assert_eq!(x.size(), [1, 3, 16, 24]);
         for c in 0..3 {
@@ -319,7 +378,7 @@ mod tests {
     fn every_sixteen_bit_value_is_uploaded_exactly() {
         // All 65536 values, the upper half of which are negative as int16 bit patterns.
         let samples: Vec<u16> = (0..=u16::MAX).collect();
-        let image = RawImage::new(256, 256, 1, Samples::U16(samples.clone())).unwrap();
+        let image = RawImage::new(256, 256, 1, &Samples::U16(samples.clone())).unwrap();
         let (chw, max) = image.upload(Device::Cpu).unwrap();
         assert_eq!(
             (chw.size(), chw.kind(), max),
@@ -340,7 +399,7 @@ mod tests {
                 samples.extend(if x < 4 { [65535, 0, 0] } else { [0, 0, 32768] });
             }
         }
-        let image = RawImage::new(w, h, 3, Samples::U16(samples)).unwrap();
+        let image = RawImage::new(w, h, 3, &Samples::U16(samples)).unwrap();
         let x = on_cpu(&image, (4, 8));
         let at = |c: i64, col: i64| x.double_value(&[0, c, 0, col]);
         let norm = |v: f64, c: usize| (v - IMAGENET.mean[c]) / IMAGENET.std[c];
@@ -362,7 +421,8 @@ mod tests {
         let segmentation = |threshold| Segmentation {
             width: 6,
             height: 3,
-            probabilities: Vec::<f32>::try_from(&probs).unwrap(),
+            probabilities: Probabilities::from_slice(&Vec::<f32>::try_from(&probs).unwrap())
+                .unwrap(),
             threshold,
             batch_size: 1,
         };

@@ -56,5 +56,5 @@ pub use config::{CalibrationOptions, DeviceChoice, EngineOptions};
 pub use cuda::{AllocatorStats, AotiPackage, ComputeDevice, ShimError};
 pub use engine::{Engine, Inference};
 pub use error::{EngineError, InferError};
-pub use image::{RawImage, RawImageError, Samples, Segmentation};
+pub use image::{Probabilities, RawImage, RawImageError, Samples, Segmentation};
 pub use nvml::{DeviceProbe, ManualProbe, NvmlProbe};

@@ -6,8 +6,8 @@
 //! are and their foreground probabilities come back at the image's size (`crate::image`), copied
 //! into pinned host tensors without blocking, like the logits.
 
-use crate::cuda::{self, ComputeDevice};
-use crate::image::{self, DeviceNormalisation, Normalisation, RawImage};
+use crate::cuda::{self, ComputeDevice, HostTensor};
+use crate::image::{self, DeviceNormalisation, Normalisation, Probabilities, RawImage};
 use crate::model::LoadedModel;
 use crate::oom::ForwardFailure;
 use crate::state::ModelEntry;
@@ -44,7 +44,7 @@ pub(crate) struct Stager {
     buffers: Option<Buffers>,
     /// Per decoded image of the last batch, its probabilities on the host (pinned on a GPU, the
     /// copy queued on the slot's stream), until [`Stager::take_probabilities`].
-    probabilities: Vec<Option<Tensor>>,
+    probabilities: Vec<Option<HostTensor<f32>>>,
 }
 
 fn other(e: impl std::fmt::Display) -> ForwardFailure {
@@ -203,14 +203,8 @@ impl Stager {
                 Staged::Image { image } => {
                     let probs = image::to_probabilities(&item, image.width(), image.height())
                         .map_err(ForwardFailure::classify)?;
-                    let host = if device.is_cuda() {
-                        let mut host = cuda::empty_pinned(&probs.size()).map_err(other)?;
-                        cuda::tensor_copy(&mut host, &probs, true)
-                            .map_err(ForwardFailure::classify)?;
-                        host
-                    } else {
-                        probs
-                    };
+                    let host = HostTensor::copy_from(&probs, device.is_cuda())
+                        .map_err(ForwardFailure::classify)?;
                     self.probabilities[i] = Some(host);
                 }
             }
@@ -218,16 +212,16 @@ impl Stager {
         device.synchronize().map_err(ForwardFailure::classify)
     }
 
-    /// Takes the probabilities of decoded image `i` (after [`Stager::run_batch`]).
-    pub fn take_probabilities(&mut self, i: usize) -> Result<Vec<f32>, ForwardFailure> {
-        let host = self
-            .probabilities
+    /// Takes the probabilities of decoded image `i` (after [`Stager::run_batch`]), as they are:
+    /// no copy on the slot's thread.
+    pub fn take_probabilities(&mut self, i: usize) -> Result<Probabilities, ForwardFailure> {
+        self.probabilities
             .get_mut(i)
             .and_then(Option::take)
             .ok_or_else(|| {
                 ForwardFailure::Other(format!("no probabilities were computed for image {i}"))
-            })?;
-        Vec::<f32>::try_from(&host).map_err(other)
+            })
+            .map(Probabilities::new)
     }
 
     fn run_tensors(

@@ -281,7 +281,7 @@ async fn image_processing_memory_is_admitted_with_the_batch() {
     let engine = started(cfg, opts).await;
     assert!(engine.ready(), "{:?}", engine.telemetry().models[0].reason);
 
-    let small = RawImage::new(90, 70, 3, Samples::U8(vec![200; 90 * 70 * 3])).unwrap();
+    let small = RawImage::new(90, 70, 3, &Samples::U8(vec![200; 90 * 70 * 3])).unwrap();
     let seg = engine.segment("unet", small, 0.5).await.unwrap();
     assert_eq!((seg.width, seg.height), (90, 70));
     let mask = seg.mask();
@@ -294,7 +294,7 @@ async fn image_processing_memory_is_admitted_with_the_batch() {
         .all(|(&p, &m)| (p > 0.5) == (m == 1)));
 
     // 3000×3000 RGB: ~240 MB of resizing scratch against a 96 MiB budget.
-    let huge = RawImage::new(3000, 3000, 3, Samples::U8(vec![7; 3000 * 3000 * 3])).unwrap();
+    let huge = RawImage::new(3000, 3000, 3, &Samples::U8(vec![7; 3000 * 3000 * 3])).unwrap();
     let err = engine.segment("unet", huge, 0.5).await.unwrap_err();
     assert!(
         matches!(&err, InferError::InvalidRequest { message, .. } if message.contains("3000×3000")),
@@ -304,12 +304,12 @@ async fn image_processing_memory_is_admitted_with_the_batch() {
     let t = engine.telemetry();
     assert!(t.allocator.admitted_bytes <= t.allocator.budget_bytes);
     // The engine still serves afterwards.
-    let again = RawImage::new(64, 64, 1, Samples::U8(vec![9; 64 * 64])).unwrap();
+    let again = RawImage::new(64, 64, 1, &Samples::U8(vec![9; 64 * 64])).unwrap();
     assert!(engine.segment("unet", again, 0.5).await.is_ok());
     let err = engine
         .segment(
             "unet",
-            RawImage::new(4, 4, 1, Samples::U8(vec![0; 16])).unwrap(),
+            RawImage::new(4, 4, 1, &Samples::U8(vec![0; 16])).unwrap(),
             1.5,
         )
         .await
@@ -332,7 +332,7 @@ async fn tensors_and_images_share_a_batch() {
     let expected = direct(&path, std::slice::from_ref(&im));
     let (a, b) = (engine.clone(), engine.clone());
     let tensor = tokio::spawn(async move { a.infer_detailed("unet", im).await });
-    let pixels = RawImage::new(50, 30, 1, Samples::U16(vec![40_000; 50 * 30])).unwrap();
+    let pixels = RawImage::new(50, 30, 1, &Samples::U16(vec![40_000; 50 * 30])).unwrap();
     let segment = tokio::spawn(async move { b.segment("unet", pixels, 0.5).await });
     let (tensor, segment) = (
         tensor.await.unwrap().unwrap(),

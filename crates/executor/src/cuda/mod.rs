@@ -177,4 +177,5 @@ pub(crate) fn torchscript_extra_file(path: &str, name: &str) -> Result<Option<Ve
     ffi::archive_record(path, &format!("extra/{name}"))
 }
 
+pub(crate) use ffi::HostTensor;
 pub(crate) use ffi::{empty_pinned, jit_set_profiling, read_f32, tensor_copy, write_f32};

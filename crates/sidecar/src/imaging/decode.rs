@@ -221,8 +221,10 @@ impl DecodedImage {
         }
     }
 
-    /// The pixels as the engine takes them (interleaved samples); consumes the image. Fails only
-    /// for an image without pixels, which decoding already refuses.
+    /// The pixels as the engine takes them: interleaved samples, copied into host memory the
+    /// device reads asynchronously (so call it on a blocking thread); consumes the image. Fails
+    /// for an image without pixels, which decoding already refuses, or when that memory cannot
+    /// be had.
     pub fn into_raw(self) -> Result<RawImage, RawImageError> {
         let (width, height) = self.dimensions();
         let (channels, samples) = match self.pixels {
@@ -231,7 +233,7 @@ impl DecodedImage {
             Pixels::Gray16(i) => (1, Samples::U16(i.into_raw())),
             Pixels::Rgb16(i) => (3, Samples::U16(i.into_raw())),
         };
-        RawImage::new(width, height, channels, samples)
+        RawImage::new(width, height, channels, &samples)
     }
 
     fn from_dynamic(format: SourceFormat, image: DynamicImage) -> Result<Self, DecodeError> {
