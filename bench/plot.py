@@ -25,21 +25,24 @@ def main():
     fig, (tput, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {"hrnet": "tab:blue", "cbam_resunet": "tab:orange", "unet_spherohq": "tab:green"}
     styles = ["--s", "-o", "-.^"]
-    engine = list(reports(root, "engine-*.json"))
-    calls = sorted({os.path.dirname(path) for path, _ in engine})
-    for path, report in engine:
-        curves = {}
+    # Scaling curves only: a model's runs over at least four client counts in one file (short
+    # before/after checks such as `gpu_run.sh batching` stay in the tables).
+    curves = []
+    for path, report in reports(root, "engine-*.json"):
+        per_model = {}
         for run in report["runs"]:
             models = run.get("models") or sorted(run["batches"])
             if len(set(models)) == 1:
-                curves.setdefault(models[0], []).append(run)
-        for model, runs in curves.items():
-            runs.sort(key=lambda r: r["clients"])
-            clients = [r["clients"] for r in runs]
-            label = f"{model} ({os.path.relpath(path, root)})"
-            style = styles[calls.index(os.path.dirname(path)) % len(styles)]
-            tput.plot(clients, [r["images_per_second"] for r in runs], style, color=colours.get(model), label=label)
-            lat.plot(clients, [r["p99_ms"] for r in runs], style, color=colours.get(model), label=label)
+                per_model.setdefault(models[0], []).append(run)
+        curves += [(path, m, runs) for m, runs in per_model.items() if len(runs) >= 4]
+    calls = sorted({os.path.dirname(path) for path, _, _ in curves})
+    for path, model, runs in curves:
+        runs.sort(key=lambda r: r["clients"])
+        clients = [r["clients"] for r in runs]
+        label = f"{model} ({os.path.relpath(path, root)})"
+        style = styles[calls.index(os.path.dirname(path)) % len(styles)]
+        tput.plot(clients, [r["images_per_second"] for r in runs], style, color=colours.get(model), label=label)
+        lat.plot(clients, [r["p99_ms"] for r in runs], style, color=colours.get(model), label=label)
     for model, rows in baseline_rows(root).items():
         c = best(rows, "c")
         if c:

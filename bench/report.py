@@ -140,15 +140,16 @@ def records(root, pattern):
 
 
 def http_v2(root):
-    print("| model | clients | req/s | p50 ms | p99 ms | statuses | server p50 ms: decode / engine / polygons (mean batch) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | model | clients | req/s | p50 ms | p99 ms | statuses | server p50 ms: decode / engine / polygons (mean batch) |")
+    print("|---|---|---|---|---|---|---|---|")
     for path, r in records(root, "http-*.json"):
-        name = os.path.basename(path).removeprefix("http-8-").removesuffix(".json")
+        run = os.path.relpath(path, root)
         per = r.get("ok_per_model", {})
+        name = next(iter(per)) if len(per) == 1 else "mixed"
         detail = ", ".join(f"{k} {v / r['seconds']:.1f}/s" for k, v in sorted(per.items())) if len(per) > 1 else ""
         s = r.get("server")  # loadgen reports it since the second session
         stages = f"{s['decode_p50_ms']:.0f} / {s['engine_p50_ms']:.0f} / {s['polygons_p50_ms']:.0f} ({s['mean_batch']:.1f})" if s else "–"
-        print(f"| {name} {detail} | {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['status_counts']} | {stages} |")
+        print(f"| {run} | {name} {detail} | {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['status_counts']} | {stages} |")
 
 
 def smoke_v2(root):
