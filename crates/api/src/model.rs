@@ -154,7 +154,7 @@ pub struct ModelSpec {
     #[serde(default = "default_max_batch")]
     #[schemars(range(min = 1, max = 256))]
     pub max_batch: u32,
-    /// Longest a request waits for a batch to fill, in milliseconds.
+    /// Longest a batch waits to fill once a slot is free to run it, in milliseconds.
     #[serde(default = "default_max_queue_delay_ms")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_queue_delay_ms: u32,

@@ -66,7 +66,7 @@ pub struct SidecarModelConfig {
     pub max_batch: u32,
     /// Execution slots (concurrent batches) for this model.
     pub slots: u32,
-    /// Longest a request waits for its batch to fill, in milliseconds.
+    /// Longest a batch waits to fill once a slot is free to run it, in milliseconds.
     pub max_queue_delay_ms: u32,
     /// Whether the model must stay loaded.
     pub resident: bool,

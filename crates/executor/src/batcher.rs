@@ -133,9 +133,9 @@ pub(crate) fn decide(
 }
 
 /// How long the oldest queued request (queued for `oldest_age`) counts as having waited: since the
-/// last batch ended (`since_done` ago) if requests have lately been arriving within the delay
-/// after a batch (`return_gap`, a moving average), else since it arrived. The module doc says
-/// why.
+/// asking slot's last batch ended (`since_done` ago) if requests have lately been arriving within
+/// the delay after a batch (`return_gap`, a moving average), else since it arrived. The module
+/// doc says why.
 pub(crate) fn waited(
     oldest_age: Duration,
     since_done: Option<Duration>,
@@ -146,6 +146,18 @@ pub(crate) fn waited(
         (Some(done), Some(gap)) if gap < delay => oldest_age.min(done),
         _ => oldest_age,
     }
+}
+
+/// The moving average of how soon the first request arrives after a batch ends, after one more
+/// `sample`. Samples count at most twice the delay (when it is known), so an idle hour weighs
+/// like a slow client and a burst after it turns waiting back on within a few batches.
+pub(crate) fn next_return_gap(
+    average: Option<Duration>,
+    sample: Duration,
+    delay: Option<Duration>,
+) -> Duration {
+    let sample = delay.map_or(sample, |d| sample.min(d.saturating_mul(2)));
+    average.map_or(sample, |a| (a * 3 + sample) / 4)
 }
 
 /// Why [`BatchQueue::push`] refused a request.
@@ -178,10 +190,12 @@ struct State {
     /// has run, "as many as allowed", so a queue that never ran waits out the delay like a plain
     /// delay-or-size batcher.
     expected: usize,
-    /// When the last batch was answered.
+    /// When the last batch (of any slot) was answered.
     last_done: Option<Instant>,
-    /// Whether no request has arrived since `last_done`.
+    /// Whether no request has arrived, and no batch started, since `last_done`.
     awaiting_return: bool,
+    /// The delay the slots last read (bounds the samples of `return_gap`).
+    delay: Option<Duration>,
     /// Moving average of how soon after a batch ends the next request arrives.
     return_gap: Option<Duration>,
 }
@@ -215,6 +229,7 @@ impl BatchQueue {
                 expected: usize::MAX,
                 last_done: None,
                 awaiting_return: false,
+                delay: None,
                 return_gap: None,
             }),
             changed: Condvar::new(),
@@ -237,8 +252,7 @@ impl BatchQueue {
         }
         if std::mem::take(&mut st.awaiting_return) {
             if let Some(done) = st.last_done {
-                let gap = done.elapsed();
-                st.return_gap = Some(st.return_gap.map_or(gap, |g| (g * 3 + gap) / 4));
+                st.return_gap = Some(next_return_gap(st.return_gap, done.elapsed(), st.delay));
             }
         }
         st.pending.push_back(request);
@@ -248,8 +262,13 @@ impl BatchQueue {
     }
 
     /// Blocks a slot until a batch should close (by [`decide`], with the cap and delay that
-    /// `settings` reports at each wake-up) or until the slot should exit.
-    pub fn wait_batch(&self, settings: impl Fn() -> (usize, Duration)) -> Next {
+    /// `settings` reports at each wake-up) or until the slot should exit. `last_end` is when this
+    /// slot's last batch ended (`None` before its first).
+    pub fn wait_batch(
+        &self,
+        settings: impl Fn() -> (usize, Duration),
+        last_end: Option<Instant>,
+    ) -> Next {
         let mut st = self.state.lock();
         loop {
             if st.live_slots > st.target_slots {
@@ -262,7 +281,8 @@ impl BatchQueue {
                 return Next::Exit;
             }
             let (cap, delay) = settings();
-            let since_done = st.last_done.map(|t| t.elapsed());
+            st.delay = Some(delay);
+            let since_done = last_end.map(|t| t.elapsed());
             let waited = st
                 .pending
                 .front()
@@ -282,6 +302,9 @@ impl BatchQueue {
     pub fn take(&self, n: usize) -> Vec<Request> {
         let mut st = self.state.lock();
         st.purge_cancelled();
+        // A batch that starts before anyone arrived leaves no sample: the next arrival's gap
+        // would measure this batch's run time, not the clients' return.
+        st.awaiting_return = false;
         let k = n.min(st.pending.len());
         let batch: Vec<Request> = st.pending.drain(..k).collect();
         let more = !st.pending.is_empty();
@@ -423,49 +446,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lone_client_never_waits_for_company() {
+    type Replies = Vec<oneshot::Receiver<Result<Answer, InferError>>>;
+
+    /// A queue served by one slot, and where its requests' answers would go.
+    fn one_slot() -> (BatchQueue, Replies) {
         let q = BatchQueue::new(16);
         q.set_target_slots(1);
-        let mut replies = Vec::new();
+        (q, Vec::new())
+    }
+
+    /// A slot whose last batch ended now waits for a batch with `delay` while `n` requests
+    /// arrive 10 ms into the wait; what it was told, how many it then took, and how long it
+    /// waited.
+    fn wait_while_arriving(
+        q: &BatchQueue,
+        replies: &mut Replies,
+        n: usize,
+        delay: Duration,
+    ) -> (Next, usize, Duration) {
+        let last_end = Some(Instant::now());
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| {
+                let start = Instant::now();
+                let next = q.wait_batch(|| (8, delay), last_end);
+                let waited = start.elapsed();
+                (next, q.take(8).len(), waited)
+            });
+            std::thread::sleep(10 * MS);
+            push_n(q, n, replies);
+            waiting.join().expect("waiter")
+        })
+    }
+
+    #[test]
+    fn a_lone_client_never_waits_for_company() {
+        let (q, mut replies) = one_slot();
         push_n(&q, 1, &mut replies);
         assert_eq!(q.take(8).len(), 1);
         q.batch_done(1);
         // The answered request's client sends its next one: it runs at once.
         push_n(&q, 1, &mut replies);
         let start = Instant::now();
-        assert_eq!(q.wait_batch(|| (8, Duration::from_secs(60))), Next::Batch);
+        assert_eq!(
+            q.wait_batch(|| (8, Duration::from_secs(60)), None),
+            Next::Batch
+        );
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
     fn alternating_groups_merge_into_one_batch() {
-        let q = BatchQueue::new(16);
-        q.set_target_slots(1);
-        let mut replies = Vec::new();
+        let (q, mut replies) = one_slot();
         // Group A (3) runs; group B (3) queues meanwhile.
         push_n(&q, 3, &mut replies);
         assert_eq!(q.take(8).len(), 3);
         push_n(&q, 3, &mut replies);
         q.batch_done(3);
-        // The slot comes back expecting A's three again plus B's: it waits for them...
-        let waiter = std::thread::scope(|scope| {
-            let waiting = scope.spawn(|| {
-                let start = Instant::now();
-                let next = q.wait_batch(|| (8, Duration::from_secs(60)));
-                (next, start.elapsed())
-            });
-            std::thread::sleep(20 * MS);
-            // ...and A's clients come back.
-            push_n(&q, 3, &mut replies);
-            waiting.join().expect("waiter")
-        });
-        assert_eq!(waiter.0, Next::Batch);
-        assert!(
-            waiter.1 < Duration::from_secs(5),
-            "ran once the groups had merged"
-        );
-        assert_eq!(q.take(8).len(), 6);
+        // The slot comes back expecting A's three again plus B's: it waits for them, and A's
+        // clients come back.
+        let (next, taken, waited) =
+            wait_while_arriving(&q, &mut replies, 3, Duration::from_secs(60));
+        assert_eq!((next, taken), (Next::Batch, 6), "the groups merged");
+        assert!(waited < Duration::from_secs(5), "ran once they had");
     }
 
     #[test]
@@ -484,14 +526,38 @@ mod tests {
     }
 
     #[test]
+    fn the_return_gap_average_is_bounded_and_recovers() {
+        let delay = 8 * MS;
+        assert_eq!(next_return_gap(None, 2 * MS, Some(delay)), 2 * MS);
+        // An idle hour counts as twice the delay...
+        let after_idle = next_return_gap(Some(MS), Duration::from_secs(3600), Some(delay));
+        assert_eq!(after_idle, (3 * MS + 16 * MS) / 4);
+        // ...and three quick returns bring the average back under the delay.
+        let mut average = next_return_gap(None, Duration::from_secs(3600), Some(delay));
+        for _ in 0..3 {
+            average = next_return_gap(Some(average), Duration::ZERO, Some(delay));
+        }
+        assert!(average < delay, "{average:?}");
+        // Before any slot has read the delay, samples count as they are.
+        assert_eq!(next_return_gap(None, 9 * MS, None), 9 * MS);
+        // With no delay configured, nothing is ever waited for after a batch.
+        assert_eq!(
+            next_return_gap(None, MS, Some(Duration::ZERO)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            waited(5 * MS, Some(MS), Some(Duration::ZERO), Duration::ZERO),
+            5 * MS
+        );
+    }
+
+    #[test]
     fn a_group_older_than_the_delay_still_waits_for_the_returning_one() {
         // The H200 case: batches take longer than the delay, so the group that queued while
         // one ran has outwaited the delay by the time the slot comes back; clients have been
         // coming back at once after each batch.
         let delay = 300 * MS;
-        let q = BatchQueue::new(16);
-        q.set_target_slots(1);
-        let mut replies = Vec::new();
+        let (q, mut replies) = one_slot();
         push_n(&q, 4, &mut replies);
         assert_eq!(q.take(8).len(), 4);
         q.batch_done(4);
@@ -500,15 +566,7 @@ mod tests {
         push_n(&q, 4, &mut replies);
         std::thread::sleep(delay + 50 * MS);
         q.batch_done(4);
-        let (next, taken) = std::thread::scope(|scope| {
-            let waiting = scope.spawn(|| {
-                let next = q.wait_batch(|| (8, delay));
-                (next, q.take(8).len())
-            });
-            std::thread::sleep(10 * MS);
-            push_n(&q, 4, &mut replies);
-            waiting.join().expect("waiter")
-        });
+        let (next, taken, _) = wait_while_arriving(&q, &mut replies, 4, delay);
         assert_eq!((next, taken), (Next::Batch, 8), "the two groups merged");
     }
 
@@ -516,9 +574,7 @@ mod tests {
     fn a_backlog_runs_at_once_when_clients_return_slowly() {
         // Over HTTP the answered clients come back long after the delay: a queued group that
         // has waited out the delay runs as soon as the slot is free, without idling for them.
-        let q = BatchQueue::new(16);
-        q.set_target_slots(1);
-        let mut replies = Vec::new();
+        let (q, mut replies) = one_slot();
         push_n(&q, 4, &mut replies);
         assert_eq!(q.take(8).len(), 4);
         let delay = 300 * MS;
@@ -530,30 +586,31 @@ mod tests {
         std::thread::sleep(delay + 50 * MS); // this group outwaits the delay while the batch runs
         q.batch_done(4);
         let start = Instant::now();
-        assert_eq!(q.wait_batch(|| (8, delay)), Next::Batch);
+        assert_eq!(q.wait_batch(|| (8, delay), Some(start)), Next::Batch);
         assert!(start.elapsed() < delay / 2, "ran without waiting");
         assert_eq!(q.take(8).len(), 4);
     }
 
     #[test]
     fn a_smaller_load_is_served_after_the_delay() {
-        let q = BatchQueue::new(16);
-        q.set_target_slots(1);
-        let mut replies = Vec::new();
+        let (q, mut replies) = one_slot();
         push_n(&q, 4, &mut replies);
         assert_eq!(q.take(8).len(), 4);
         q.batch_done(4);
         // Only two of the four clients come back: the delay closes a batch of two...
         push_n(&q, 2, &mut replies);
         let start = Instant::now();
-        assert_eq!(q.wait_batch(|| (8, 30 * MS)), Next::Batch);
+        assert_eq!(q.wait_batch(|| (8, 30 * MS), None), Next::Batch);
         assert!(start.elapsed() >= 25 * MS);
         assert_eq!(q.take(8).len(), 2);
         q.batch_done(2);
         // ...and two are expected from then on.
         push_n(&q, 2, &mut replies);
         let start = Instant::now();
-        assert_eq!(q.wait_batch(|| (8, Duration::from_secs(60))), Next::Batch);
+        assert_eq!(
+            q.wait_batch(|| (8, Duration::from_secs(60)), None),
+            Next::Batch
+        );
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
@@ -579,7 +636,7 @@ mod tests {
         assert_eq!(q.set_target_slots(2), 2);
         assert_eq!(q.set_target_slots(1), 0);
         assert_eq!(
-            q.wait_batch(|| (4, MS)),
+            q.wait_batch(|| (4, MS), None),
             Next::Exit,
             "one of two slots retires"
         );
@@ -588,12 +645,12 @@ mod tests {
         assert!(q.push(a).is_ok());
         q.close();
         assert_eq!(
-            q.wait_batch(|| (4, Duration::from_secs(60))),
+            q.wait_batch(|| (4, Duration::from_secs(60)), None),
             Next::Batch,
             "drains at once"
         );
         assert_eq!(q.take(4).len(), 1);
-        assert_eq!(q.wait_batch(|| (4, MS)), Next::Exit);
+        assert_eq!(q.wait_batch(|| (4, MS), None), Next::Exit);
         let (b, _rb) = request();
         assert_eq!(q.push(b).unwrap_err().1, Refused::Closed);
     }
@@ -605,7 +662,7 @@ mod tests {
         let (c, _rc) = request();
         assert!(q.push(c).is_ok());
         let start = Instant::now();
-        assert_eq!(q.wait_batch(|| (4, 30 * MS)), Next::Batch);
+        assert_eq!(q.wait_batch(|| (4, 30 * MS), None), Next::Batch);
         assert!(start.elapsed() >= 25 * MS);
     }
 }

@@ -32,7 +32,8 @@ impl Samples {
 
 /// The samples where the slot uploads them from: a host tensor, pinned when there is a GPU, so
 /// the upload is one asynchronous copy and the slot's thread touches no pixel. 16-bit samples
-/// are kept as int16 bit patterns (tch has no uint16 tensors; `RawImage::upload` widens them on the device).
+/// are kept as int16 bit patterns (tch has no uint16 tensors); `RawImage::upload` widens them on
+/// the device.
 #[derive(Debug)]
 enum HostSamples {
     U8(HostTensor<u8>),
@@ -80,8 +81,8 @@ pub enum RawImageError {
         got: usize,
     },
     /// No host memory for the samples.
-    #[error("no host memory for the image's samples: {0}")]
-    HostMemory(String),
+    #[error("no host memory for the image's samples")]
+    HostMemory(#[source] crate::cuda::ShimError),
 }
 
 impl RawImage {
@@ -109,7 +110,7 @@ impl RawImage {
                 got: samples.len(),
             });
         }
-        let host = |e: crate::cuda::ShimError| RawImageError::HostMemory(e.to_string());
+        let host = RawImageError::HostMemory;
         let samples = match samples {
             Samples::U8(v) => HostSamples::U8(HostTensor::from_slice(v).map_err(host)?),
             Samples::U16(v) => {
@@ -160,23 +161,16 @@ impl RawImage {
             i64::from(self.width),
             i64::from(self.channels),
         );
-        // From pinned memory the copy is asynchronous on the slot's stream; the samples outlive
-        // it (the request holds them until its batch is answered, after the stream synchronises).
+        // From pinned memory the copy is asynchronous on the slot's stream (libtorch keeps the
+        // pinned block from reuse until it has run, even if the request is dropped first).
         let non_blocking = device.is_cuda();
         let (hwc, max) = match &self.samples {
-            HostSamples::U8(t) => (
-                t.tensor()
-                    .f_to_device_(device, Kind::Uint8, non_blocking, false)?
-                    .f_to_kind(Kind::Float)?,
-                255.0,
-            ),
+            HostSamples::U8(t) => (t.to_device_as(device, Kind::Float, non_blocking)?, 255.0),
             // The int16 bit patterns become int32 on the device, where masking off the sign
             // extension restores 0..65535 exactly: half the bytes of floats over the bus, and no
             // widening pass on the host.
             HostSamples::U16(t) => (
-                t.tensor()
-                    .f_to_device_(device, Kind::Int16, non_blocking, false)?
-                    .f_to_kind(Kind::Int)?
+                t.to_device_as(device, Kind::Int, non_blocking)?
                     .f_bitwise_and_(0xFFFF)?
                     .f_to_kind(Kind::Float)?,
                 65535.0,

@@ -31,13 +31,17 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
     if let Some(done) = warmed {
         done();
     }
+    let mut last_end = None;
     loop {
         match entry
             .queue
-            .wait_batch(|| (entry.batch_cap(), entry.max_queue_delay()))
+            .wait_batch(|| (entry.batch_cap(), entry.max_queue_delay()), last_end)
         {
             Next::Exit => break,
-            Next::Batch => serve_batch(&shared, &entry, &mut stager),
+            Next::Batch => {
+                serve_batch(&shared, &entry, &mut stager);
+                last_end = Some(std::time::Instant::now());
+            }
         }
     }
     tracing::debug!(model = %entry.name, "slot exits");

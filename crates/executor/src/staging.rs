@@ -6,7 +6,7 @@
 //! are and their foreground probabilities come back at the image's size (`crate::image`), copied
 //! into pinned host tensors without blocking, like the logits.
 
-use crate::cuda::{self, ComputeDevice, HostTensor};
+use crate::cuda::{self, ComputeDevice, Download, HostTensor};
 use crate::image::{self, DeviceNormalisation, Normalisation, Probabilities, RawImage};
 use crate::model::LoadedModel;
 use crate::oom::ForwardFailure;
@@ -71,22 +71,14 @@ impl Stager {
         }
     }
 
-    fn host_tensor(&self, shape: &[i64]) -> Result<Tensor, ForwardFailure> {
-        if self.device.is_cuda() {
-            cuda::empty_pinned(shape).map_err(other)
-        } else {
-            Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu)).map_err(other)
-        }
-    }
-
     /// Makes room for batches of `n` images.
     pub fn reserve(&mut self, n: usize) -> Result<(), ForwardFailure> {
         if self.buffers.as_ref().is_some_and(|b| b.capacity >= n) {
             return Ok(());
         }
         let (h, w) = (to_i64(self.height), to_i64(self.width));
-        let input = self.host_tensor(&[to_i64(n), 3, h, w])?;
-        let output = self.host_tensor(&[to_i64(n), h * w])?;
+        let input = cuda::host_buffer::<f32>(&[to_i64(n), 3, h, w]).map_err(other)?;
+        let output = cuda::host_buffer::<f32>(&[to_i64(n), h * w]).map_err(other)?;
         self.buffers = Some(Buffers {
             input,
             output,
@@ -186,6 +178,10 @@ impl Stager {
         if self.probabilities.len() < range.end {
             self.probabilities.resize_with(range.end, || None);
         }
+        // Until the stream has finished, probabilities stay in downloads nobody can read; an
+        // error before then leaves none of this batch's behind.
+        self.probabilities[range.clone()].fill_with(|| None);
+        let mut downloads = Vec::new();
         for (j, i) in range.enumerate() {
             let item = out
                 .f_narrow(0, to_i64(j), 1)
@@ -203,13 +199,21 @@ impl Stager {
                 Staged::Image { image } => {
                     let probs = image::to_probabilities(&item, image.width(), image.height())
                         .map_err(ForwardFailure::classify)?;
-                    let host = HostTensor::copy_from(&probs, device.is_cuda())
+                    // Allocation apart from the copy: running out of host memory is not the
+                    // device's out-of-memory that `classify` would split the batch for.
+                    let mut download = Download::alloc(probs.numel()).map_err(other)?;
+                    download
+                        .fill(&probs, device.is_cuda())
                         .map_err(ForwardFailure::classify)?;
-                    self.probabilities[i] = Some(host);
+                    downloads.push((i, download));
                 }
             }
         }
-        device.synchronize().map_err(ForwardFailure::classify)
+        device.synchronize().map_err(ForwardFailure::classify)?;
+        for (i, download) in downloads {
+            self.probabilities[i] = Some(download.finish().map_err(ForwardFailure::classify)?);
+        }
+        Ok(())
     }
 
     /// Takes the probabilities of decoded image `i` (after [`Stager::run_batch`]), as they are:

@@ -18,6 +18,7 @@ use crate::imaging::{
     PostprocessOptions,
 };
 use bytes::Bytes;
+use gpupool_executor::RawImageError;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -167,7 +168,11 @@ impl Pipeline {
             let _held = held;
             decode_image(&image, &limits)?
                 .into_raw()
-                .map_err(|e| ApiError::Internal(format!("decoded image: {e}")))
+                .map_err(|e| match e {
+                    // Out of host memory for the samples: a moment's overload, worth a retry.
+                    RawImageError::HostMemory(_) => ApiError::Overloaded,
+                    e => ApiError::Internal(format!("decoded image: {e}")),
+                })
         })
         .await??;
         let size = ImageSize {

@@ -1,5 +1,6 @@
-//! The one place with `unsafe`: declarations of the C++ shim (`shim/*.cpp`) and safe wrappers
-//! around them, plus the two raw copies between Rust slices and host tensors.
+//! One of the two places with `unsafe` (the other is `host.rs`): declarations of the C++ shim
+//! (`shim/*.cpp`) and safe wrappers around them, plus the two raw copies between Rust slices and
+//! host tensors.
 //!
 //! Every wrapper checks its arguments before crossing the boundary, and every shim function catches
 //! C++ exceptions and is a harmless error on a machine without a GPU, so nothing here can unwind
@@ -214,28 +215,13 @@ pub fn tensor_copy(dst: &mut Tensor, src: &Tensor, non_blocking: bool) -> Result
     })
 }
 
-/// Element types a host tensor made here can hold, with their `c10::ScalarType` codes.
-pub trait HostElement: tch::kind::Element + Copy {
-    /// The `c10::ScalarType` code.
-    const SCALAR_TYPE: c_int;
-}
-
-impl HostElement for u8 {
-    const SCALAR_TYPE: c_int = 0;
-}
-
-impl HostElement for i16 {
-    const SCALAR_TYPE: c_int = 2;
-}
-
-impl HostElement for f32 {
-    const SCALAR_TYPE: c_int = 6;
-}
-
-fn empty_host<T: HostElement>(shape: &[i64]) -> Result<Tensor, ShimError> {
+/// A new CPU tensor of `shape` whose elements are `c10::ScalarType` `scalar_type`, in pinned
+/// (page-locked) memory where there is CUDA, so copies to and from the GPU can run
+/// asynchronously; ordinary memory where there is none.
+pub fn empty_pinned(shape: &[i64], scalar_type: c_int) -> Result<Tensor, ShimError> {
     let mut out: *mut c_void = std::ptr::null_mut();
     // SAFETY: shape is valid for shape.len() elements; out is a valid out-pointer.
-    check(unsafe { gpupool_empty_pinned(shape.as_ptr(), shape.len(), T::SCALAR_TYPE, &mut out) })?;
+    check(unsafe { gpupool_empty_pinned(shape.as_ptr(), shape.len(), scalar_type, &mut out) })?;
     if out.is_null() {
         return Err(ShimError::Torch(
             "pinned allocation returned no tensor".into(),
@@ -243,93 +229,6 @@ fn empty_host<T: HostElement>(shape: &[i64]) -> Result<Tensor, ShimError> {
     }
     // SAFETY: out is a heap-allocated at::Tensor that we now own, as tch's own constructors return.
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
-}
-
-/// A new float32 host tensor of `shape` in pinned (page-locked) memory, so copies to and from the
-/// GPU can run asynchronously; ordinary memory where there is no CUDA.
-pub fn empty_pinned(shape: &[i64]) -> Result<Tensor, ShimError> {
-    empty_host::<f32>(shape)
-}
-
-/// A flat, contiguous CPU tensor of `T`s that no other handle shares (page-locked where CUDA is
-/// present), readable as a slice. It exists so that decoded pixels and computed probabilities
-/// move between the slot threads and the rest of the process without a copy on the slot's
-/// thread: pixels are written into one off that thread and go up with an asynchronous copy, and
-/// probabilities come down into one and are handed over as they are.
-pub struct HostTensor<T: HostElement> {
-    /// Never shallow-cloned, and only mutated through `&mut self` here, so a slice of it borrowed
-    /// from `&self` sees no writes from Rust.
-    tensor: Tensor,
-    element: std::marker::PhantomData<T>,
-}
-
-impl<T: HostElement> HostTensor<T> {
-    /// A copy of `src`, in pinned memory if it can be had and ordinary memory otherwise.
-    pub fn from_slice(src: &[T]) -> Result<Self, ShimError> {
-        let len = i64::try_from(src.len())
-            .map_err(|_| ShimError::Torch(format!("{} elements are too many", src.len())))?;
-        let tensor = empty_host::<T>(&[len])
-            .or_else(|_| Tensor::f_empty([len], (T::KIND, Device::Cpu)).map_err(torch_error))?;
-        let base = tensor.data_ptr().cast::<T>();
-        // SAFETY: tensor is a fresh contiguous CPU tensor of exactly src.len() elements of T, and
-        // no other handle to it exists.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base, src.len()) };
-        Ok(Self {
-            tensor,
-            element: std::marker::PhantomData,
-        })
-    }
-
-    /// `src` (any device, element type `T`) flattened into a new pinned host tensor. With
-    /// `non_blocking` the copy is queued on the current stream and the contents are valid only
-    /// once that stream has been synchronised.
-    pub fn copy_from(src: &Tensor, non_blocking: bool) -> Result<Self, ShimError> {
-        if src.kind() != T::KIND {
-            return Err(ShimError::Torch(format!(
-                "expected a {:?} tensor, got {:?}",
-                T::KIND,
-                src.kind()
-            )));
-        }
-        let len = i64::try_from(src.numel()).unwrap_or(i64::MAX);
-        let mut tensor = empty_host::<T>(&[len])?;
-        let flat = src.f_reshape([len]).map_err(torch_error)?;
-        tensor_copy(&mut tensor, &flat, non_blocking)?;
-        Ok(Self {
-            tensor,
-            element: std::marker::PhantomData,
-        })
-    }
-
-    /// The tensor, to copy from (for example up to the device). Callers never shallow-clone it.
-    pub fn tensor(&self) -> &Tensor {
-        &self.tensor
-    }
-
-    /// The elements.
-    pub fn as_slice(&self) -> &[T] {
-        let len = self.tensor.numel();
-        if len == 0 {
-            return &[];
-        }
-        // SAFETY: the tensor is a contiguous CPU tensor of `len` elements of T (made so by the
-        // constructors), no other handle to its storage exists, and it is not mutated while
-        // `self` is borrowed.
-        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr().cast::<T>(), len) }
-    }
-}
-
-impl<T: HostElement + std::fmt::Debug> std::fmt::Debug for HostTensor<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostTensor")
-            .field("kind", &T::KIND)
-            .field("len", &self.tensor.numel())
-            .finish()
-    }
-}
-
-fn torch_error(e: tch::TchError) -> ShimError {
-    ShimError::Torch(e.to_string())
 }
 
 fn device_type_code(device: Device) -> c_int {
@@ -523,38 +422,4 @@ pub fn read_f32(src: &Tensor, offset: usize, dst: &mut [f32]) -> Result<(), Shim
     // SAFETY: checked above, as in write_f32.
     unsafe { std::ptr::copy_nonoverlapping(base.add(offset), dst.as_mut_ptr(), dst.len()) };
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_tensors_hold_what_was_written() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        assert_eq!(HostTensor::from_slice(&bytes).unwrap().as_slice(), bytes);
-        let shorts = [i16::MIN, -1, 0, 1, i16::MAX];
-        let t = HostTensor::from_slice(&shorts).unwrap();
-        assert_eq!(
-            (t.as_slice(), t.tensor().kind()),
-            (&shorts[..], Kind::Int16)
-        );
-        assert!(HostTensor::<f32>::from_slice(&[])
-            .unwrap()
-            .as_slice()
-            .is_empty());
-    }
-
-    #[test]
-    fn copies_from_a_tensor_flatten_it_and_check_its_kind() {
-        let src = Tensor::from_slice(&[1.5f32, -2.0, 3.25, 0.0]).view([2, 1, 2]);
-        assert_eq!(
-            HostTensor::<f32>::copy_from(&src, false)
-                .unwrap()
-                .as_slice(),
-            [1.5, -2.0, 3.25, 0.0]
-        );
-        let wrong = HostTensor::<u8>::copy_from(&src, false).unwrap_err();
-        assert!(wrong.to_string().contains("Uint8"), "{wrong}");
-    }
 }

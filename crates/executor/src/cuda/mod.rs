@@ -3,6 +3,7 @@
 //! empty answer, so the engine runs the same code path in CI and on the GPU.
 
 pub(crate) mod ffi;
+mod host;
 
 pub(crate) use ffi::AutocastGuard;
 pub use ffi::{AotiPackage, ShimError};
@@ -177,5 +178,5 @@ pub(crate) fn torchscript_extra_file(path: &str, name: &str) -> Result<Option<Ve
     ffi::archive_record(path, &format!("extra/{name}"))
 }
 
-pub(crate) use ffi::HostTensor;
-pub(crate) use ffi::{empty_pinned, jit_set_profiling, read_f32, tensor_copy, write_f32};
+pub(crate) use ffi::{jit_set_profiling, read_f32, tensor_copy, write_f32};
+pub(crate) use host::{host_buffer, Download, HostTensor};

@@ -279,9 +279,12 @@ pub struct ImageHeader {
 }
 
 impl ImageHeader {
-    /// Host memory post-processing needs per image pixel at its peak: the f32 probabilities, the
-    /// u8 mask, its framed copy, the contour tracer's i32 labels, and room for runs and points.
-    pub const POSTPROCESS_BYTES_PER_PIXEL: u64 = 12;
+    /// Host memory post-processing needs per image pixel at its peak beside the probabilities:
+    /// the u8 mask, its framed copy, the contour tracer's i32 labels, and room for runs and
+    /// points.
+    pub const POSTPROCESS_BYTES_PER_PIXEL: u64 = 8;
+    /// The f32 probabilities per pixel, which arrive in pinned memory.
+    pub const PROBABILITY_BYTES_PER_PIXEL: u64 = 4;
     /// Bytes per pixel of the widest layout accepted: RGBA with 16-bit samples.
     pub const WIDEST_BYTES_PER_PIXEL: u64 = 8;
 
@@ -297,7 +300,12 @@ impl ImageHeader {
             channels: 3,
             bytes_per_sample: 2,
         };
-        max_pixels.saturating_mul(widest_pixel.host_bytes())
+        ImageHeader {
+            width: u32::try_from(max_pixels).unwrap_or(u32::MAX),
+            decoded_bytes: max_pixels.saturating_mul(Self::WIDEST_BYTES_PER_PIXEL),
+            ..widest_pixel
+        }
+        .host_bytes()
     }
 
     /// Pixels in the image.
@@ -307,16 +315,20 @@ impl ImageHeader {
 
     /// The most host memory this image holds on its way through the pipeline, counted as one
     /// sum (an upper bound: the phases overlap only in part): the decoded samples; beside them a
-    /// second copy of the samples kept (made while alpha is dropped, and by the engine's upload
-    /// into a tensor); then the post-processing buffers.
+    /// second copy of the samples kept (made while alpha is dropped, and by the engine's copy into
+    /// pinned memory); then the probabilities (pinned) and the post-processing buffers. Pinned
+    /// blocks count at their size in libtorch's pinned pool, which rounds up to a power of two.
     pub fn host_bytes(&self) -> u64 {
-        let kept = self
-            .pixels()
-            .saturating_mul(u64::from(self.channels) * u64::from(self.bytes_per_sample));
-        self.decoded_bytes.saturating_add(kept).saturating_add(
-            self.pixels()
-                .saturating_mul(Self::POSTPROCESS_BYTES_PER_PIXEL),
-        )
+        let pinned = |bytes: u64| bytes.checked_next_power_of_two().unwrap_or(u64::MAX);
+        let pixels = self.pixels();
+        let kept =
+            pixels.saturating_mul(u64::from(self.channels) * u64::from(self.bytes_per_sample));
+        self.decoded_bytes
+            .saturating_add(pinned(kept))
+            .saturating_add(pinned(
+                pixels.saturating_mul(Self::PROBABILITY_BYTES_PER_PIXEL),
+            ))
+            .saturating_add(pixels.saturating_mul(Self::POSTPROCESS_BYTES_PER_PIXEL))
     }
 }
 
@@ -541,8 +553,11 @@ mod tests {
     #[test]
     fn the_header_says_what_the_image_will_hold() {
         let limits = DecodeLimits::default();
-        let pixels = 37 * 23;
-        let post = pixels * ImageHeader::POSTPROCESS_BYTES_PER_PIXEL;
+        let pixels: u64 = 37 * 23;
+        // Pinned blocks (the kept samples, the probabilities) count rounded up to a power of two.
+        let pinned = |bytes: u64| bytes.next_power_of_two();
+        let post = pinned(pixels * ImageHeader::PROBABILITY_BYTES_PER_PIXEL)
+            + pixels * ImageHeader::POSTPROCESS_BYTES_PER_PIXEL;
         let header = read_header(&encode(gray16().into(), ImageFormat::Tiff), &limits)
             .expect("16-bit gray TIFF header");
         assert_eq!(
@@ -558,10 +573,10 @@ mod tests {
             ),
             (pixels * 2, false, 1, 2)
         );
-        assert_eq!(header.host_bytes(), pixels * 2 + pixels * 2 + post);
+        assert_eq!(header.host_bytes(), pixels * 2 + pinned(pixels * 2) + post);
         let header =
             read_header(&encode(rgb8().into(), ImageFormat::Png), &limits).expect("RGB8 header");
-        assert_eq!(header.host_bytes(), pixels * 3 + pixels * 3 + post);
+        assert_eq!(header.host_bytes(), pixels * 3 + pinned(pixels * 3) + post);
         let rgba = RgbaImage::from_pixel(37, 23, image::Rgba([1, 2, 3, 4]));
         let header = read_header(&encode(rgba.into(), ImageFormat::Png), &limits).expect("header");
         assert_eq!(
@@ -570,7 +585,7 @@ mod tests {
         );
         assert_eq!(
             header.host_bytes(),
-            pixels * 4 + pixels * 3 + post,
+            pixels * 4 + pinned(pixels * 3) + post,
             "the RGB copy made while dropping alpha is counted"
         );
         // The same refusals as decoding, before any pixel is decoded.
