@@ -16,7 +16,8 @@
 #   bash bench/gpu_run.sh measure    final's second half, on the exports `prepare` left in
 #                                    /tmp/gpupool-gpu (chain the two calls: the machine keeps /tmp
 #                                    only while it stays held), or on its own (it exports what is
-#                                    missing); SLOTS, CLIENTS, C_VARIANTS narrow it
+#                                    missing); SLOTS, CLIENTS, C_VARIANTS narrow it, STREAMS sets
+#                                    the config's stream count (default 6; 1 makes models take turns)
 #   bash bench/gpu_run.sh smoke      the sidecar smoke against PyTorch alone (about 3 minutes)
 #   bash bench/gpu_run.sh batching   batch formation at 4 and 8 clients, TorchScript HRNet, this
 #                                    build against engine_bench.before (about 3 minutes)
@@ -117,7 +118,7 @@ kind: SidecarConfig
 pool: bench
 generation: 1
 memoryBudgetBytes: $budget
-streams: 6
+streams: ${STREAMS:-6}
 admission: {rejectAbove: 0.97, memoryPressureWatermark: 0.9, maxQueuePerModel: 512}
 models:
 $models
