@@ -84,6 +84,9 @@ impl Engine {
     pub fn start(config: SidecarConfig, options: EngineOptions) -> Result<Self, EngineError> {
         config.validate()?;
         let device = resolve_device(options.device)?;
+        if device.is_cuda() {
+            crate::cuda::pin_host_buffers();
+        }
         if let Err(e) = crate::cuda::jit_set_profiling(options.torchscript_profiling) {
             tracing::warn!(error = %e, "could not choose the TorchScript executor");
         }

@@ -5,8 +5,10 @@
 //! `HostTensor` where they are decoded and go up with one asynchronous copy; probabilities come
 //! down into a `Download` and are handed over as they are once the slot's stream has finished.
 //!
-//! The memory is pinned (page-locked) where CUDA is present and libtorch's pinned pool can supply
-//! it, ordinary otherwise (a warning says so once; copies then become synchronous). That pool
+//! The memory is pinned (page-locked) once an engine in the process runs on a GPU
+//! ([`pin_host_buffers`]) and libtorch's pinned pool can supply it, ordinary otherwise (a warning
+//! says so once if the pool fails; copies then become synchronous). So an engine on the CPU, even
+//! on a GPU host, neither pins memory nor creates a CUDA context for it. That pool
 //! rounds each block up to a power of two and keeps freed blocks for reuse rather than giving
 //! them back, so the process holds the largest amount it ever had in flight, per size class.
 //!
@@ -16,6 +18,7 @@
 use super::ffi::{self, ShimError};
 use std::ffi::c_int;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use tch::{Device, Kind, Tensor};
 
@@ -46,19 +49,30 @@ unsafe impl HostElement for f32 {
 }
 
 static PINNED_FALLBACK: Once = Once::new();
+static PIN: AtomicBool = AtomicBool::new(false);
 
-/// A new contiguous CPU tensor of `shape` and element type `T`: pinned if the pinned pool can
-/// supply it, ordinary memory otherwise.
+/// From now on host buffers are pinned: called when an engine starts on a GPU.
+pub(crate) fn pin_host_buffers() {
+    PIN.store(true, Ordering::Relaxed);
+}
+
+/// A new contiguous CPU tensor of `shape` and element type `T`: pinned if an engine runs on a GPU
+/// and the pinned pool can supply it, ordinary memory otherwise.
 pub(crate) fn host_buffer<T: HostElement>(shape: &[i64]) -> Result<Tensor, ShimError> {
-    let tensor = match ffi::empty_pinned(shape, T::SCALAR_TYPE) {
-        Ok(t) => t,
-        Err(e) => {
-            PINNED_FALLBACK.call_once(|| {
-                tracing::warn!(error = %e, "no pinned host memory: host buffers fall back to \
-                    ordinary memory, and copies to and from the GPU become synchronous");
-            });
-            Tensor::f_empty(shape, (T::KIND, Device::Cpu)).map_err(torch_error)?
+    let ordinary = || Tensor::f_empty(shape, (T::KIND, Device::Cpu)).map_err(torch_error);
+    let tensor = if PIN.load(Ordering::Relaxed) {
+        match ffi::empty_pinned(shape, T::SCALAR_TYPE) {
+            Ok(t) => t,
+            Err(e) => {
+                PINNED_FALLBACK.call_once(|| {
+                    tracing::warn!(error = %e, "no pinned host memory: host buffers fall back \
+                        to ordinary memory, and copies to and from the GPU become synchronous");
+                });
+                ordinary()?
+            }
         }
+    } else {
+        ordinary()?
     };
     if tensor.kind() != T::KIND || tensor.device() != Device::Cpu || !tensor.is_contiguous() {
         return Err(ShimError::Torch(format!(

@@ -179,4 +179,4 @@ pub(crate) fn torchscript_extra_file(path: &str, name: &str) -> Result<Option<Ve
 }
 
 pub(crate) use ffi::{jit_set_profiling, read_f32, tensor_copy, write_f32};
-pub(crate) use host::{host_buffer, Download, HostTensor};
+pub(crate) use host::{host_buffer, pin_host_buffers, Download, HostTensor};
