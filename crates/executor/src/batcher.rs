@@ -112,8 +112,8 @@ pub(crate) enum Decision {
 }
 
 /// The batching policy, as a pure function of the queue's state: `waited` is how long the batch
-/// could have run (since the later of its oldest request's arrival and the last batch's end),
-/// `expected` how many requests the slot expects (the module doc says why).
+/// counts as having waited ([`waited`]), `expected` how many requests the slot expects (the
+/// module doc says why).
 pub(crate) fn decide(
     len: usize,
     waited: Duration,
@@ -190,10 +190,9 @@ struct State {
     /// has run, "as many as allowed", so a queue that never ran waits out the delay like a plain
     /// delay-or-size batcher.
     expected: usize,
-    /// When the last batch (of any slot) was answered.
-    last_done: Option<Instant>,
-    /// Whether no request has arrived, and no batch started, since `last_done`.
-    awaiting_return: bool,
+    /// When the last batch (of any slot) was answered, while no request has arrived and no batch
+    /// started since: the next arrival is a sample of `return_gap`.
+    awaiting_since: Option<Instant>,
     /// The delay the slots last read (bounds the samples of `return_gap`).
     delay: Option<Duration>,
     /// Moving average of how soon after a batch ends the next request arrives.
@@ -227,8 +226,7 @@ impl BatchQueue {
                 target_slots: 0,
                 cancelled: 0,
                 expected: usize::MAX,
-                last_done: None,
-                awaiting_return: false,
+                awaiting_since: None,
                 delay: None,
                 return_gap: None,
             }),
@@ -250,10 +248,8 @@ impl BatchQueue {
             let depth = st.pending.len();
             return Err((request, Refused::Full(depth)));
         }
-        if std::mem::take(&mut st.awaiting_return) {
-            if let Some(done) = st.last_done {
-                st.return_gap = Some(next_return_gap(st.return_gap, done.elapsed(), st.delay));
-            }
+        if let Some(done) = st.awaiting_since.take() {
+            st.return_gap = Some(next_return_gap(st.return_gap, done.elapsed(), st.delay));
         }
         st.pending.push_back(request);
         drop(st);
@@ -304,7 +300,7 @@ impl BatchQueue {
         st.purge_cancelled();
         // A batch that starts before anyone arrived leaves no sample: the next arrival's gap
         // would measure this batch's run time, not the clients' return.
-        st.awaiting_return = false;
+        st.awaiting_since = None;
         let k = n.min(st.pending.len());
         let batch: Vec<Request> = st.pending.drain(..k).collect();
         let more = !st.pending.is_empty();
@@ -321,8 +317,7 @@ impl BatchQueue {
     pub fn batch_done(&self, answered: usize) {
         let mut st = self.state.lock();
         st.expected = answered.saturating_add(st.pending.len());
-        st.last_done = Some(Instant::now());
-        st.awaiting_return = true;
+        st.awaiting_since = Some(Instant::now());
     }
 
     /// Takes every queued request (to fail them, e.g. when the model cannot load).

@@ -40,7 +40,7 @@ pub(crate) fn run(shared: Arc<Shared>, entry: Arc<ModelEntry>, warmed: Option<Wa
             Next::Exit => break,
             Next::Batch => {
                 serve_batch(&shared, &entry, &mut stager);
-                last_end = Some(std::time::Instant::now());
+                last_end = Some(Instant::now());
             }
         }
     }

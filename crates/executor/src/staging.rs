@@ -101,7 +101,7 @@ impl Stager {
             )));
         }
         let b = self.buffers()?;
-        cuda::write_f32(&mut b.input, i * len, image).map_err(other)
+        cuda::write_host(&mut b.input, i * len, image).map_err(other)
     }
 
     /// Fills images 0..n with a fixed pseudo-random pattern (calibration and warm-up input).
@@ -258,7 +258,7 @@ impl Stager {
         let len = self.height * self.width;
         let b = holding(&self.buffers, &(i..i + 1))?;
         let mut out = vec![0f32; len];
-        cuda::read_f32(&b.output, i * len, &mut out).map_err(other)?;
+        cuda::read_host(&b.output, i * len, &mut out).map_err(other)?;
         Ok(out)
     }
 }

@@ -1,6 +1,6 @@
-//! One of the two places with `unsafe` (the other is `host.rs`): declarations of the C++ shim
-//! (`shim/*.cpp`) and safe wrappers around them, plus the two raw copies between Rust slices and
-//! host tensors.
+//! One of the two places with `unsafe` (the other is `host.rs`, the raw copies between Rust
+//! slices and host tensors): declarations of the C++ shim (`shim/*.cpp`) and safe wrappers around
+//! them.
 //!
 //! Every wrapper checks its arguments before crossing the boundary, and every shim function catches
 //! C++ exceptions and is a harmless error on a machine without a GPU, so nothing here can unwind
@@ -385,41 +385,4 @@ impl Drop for AotiPackage {
         // SAFETY: handle came from gpupool_aoti_load and is freed exactly once.
         unsafe { gpupool_aoti_free(self.handle) }
     }
-}
-
-fn check_host_f32(t: &Tensor, offset: usize, len: usize) -> Result<(), ShimError> {
-    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
-        return Err(ShimError::Torch(
-            "expected a contiguous float32 CPU tensor".into(),
-        ));
-    }
-    let numel = t.numel();
-    match offset.checked_add(len) {
-        Some(end) if end <= numel => Ok(()),
-        _ => Err(ShimError::Torch(format!(
-            "range {offset}+{len} outside a tensor of {numel} elements"
-        ))),
-    }
-}
-
-/// Copies `src` into the contiguous float32 CPU tensor `dst` starting at element `offset`.
-///
-/// The caller owns `dst`'s storage and makes sure no asynchronous copy reads it meanwhile (slots
-/// synchronise their stream before refilling a buffer).
-pub fn write_f32(dst: &mut Tensor, offset: usize, src: &[f32]) -> Result<(), ShimError> {
-    check_host_f32(dst, offset, src.len())?;
-    let base = dst.data_ptr().cast::<f32>();
-    // SAFETY: checked above: CPU, f32, contiguous, offset + len within numel; data_ptr points at the
-    // first element of this view, and src cannot alias a tensor we hold mutably.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(offset), src.len()) };
-    Ok(())
-}
-
-/// Copies `dst.len()` floats out of the contiguous float32 CPU tensor `src` from element `offset`.
-pub fn read_f32(src: &Tensor, offset: usize, dst: &mut [f32]) -> Result<(), ShimError> {
-    check_host_f32(src, offset, dst.len())?;
-    let base = src.data_ptr().cast::<f32>();
-    // SAFETY: checked above, as in write_f32.
-    unsafe { std::ptr::copy_nonoverlapping(base.add(offset), dst.as_mut_ptr(), dst.len()) };
-    Ok(())
 }

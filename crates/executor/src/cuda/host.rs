@@ -12,7 +12,8 @@
 //! rounds each block up to a power of two and keeps freed blocks for reuse rather than giving
 //! them back, so the process holds the largest amount it ever had in flight, per size class.
 //!
-//! One of the two places with `unsafe` (the other is `ffi.rs`): the slice view of a tensor's data.
+//! One of the two places with `unsafe` (the other is `ffi.rs`): the slice view of a tensor's data
+//! and the raw copies between Rust slices and host tensors ([`write_host`], [`read_host`]).
 #![allow(unsafe_code)]
 
 use super::ffi::{self, ShimError};
@@ -85,6 +86,57 @@ pub(crate) fn host_buffer<T: HostElement>(shape: &[i64]) -> Result<Tensor, ShimE
     Ok(tensor)
 }
 
+/// Checks that `t` is a contiguous CPU tensor of `T::KIND` holding elements `offset..offset + len`.
+fn check_host<T: HostElement>(t: &Tensor, offset: usize, len: usize) -> Result<(), ShimError> {
+    if t.device() != Device::Cpu || t.kind() != T::KIND || !t.is_contiguous() {
+        return Err(ShimError::Torch(format!(
+            "expected a contiguous {:?} CPU tensor, got {:?} on {:?}",
+            T::KIND,
+            t.kind(),
+            t.device()
+        )));
+    }
+    let numel = t.numel();
+    match offset.checked_add(len) {
+        Some(end) if end <= numel => Ok(()),
+        _ => Err(ShimError::Torch(format!(
+            "range {offset}+{len} outside a tensor of {numel} elements"
+        ))),
+    }
+}
+
+/// Copies `src` into the contiguous CPU tensor `dst` of `T`s starting at element `offset`.
+///
+/// The caller owns `dst`'s storage and makes sure no asynchronous copy reads it meanwhile (slots
+/// synchronise their stream before refilling a buffer).
+pub(crate) fn write_host<T: HostElement>(
+    dst: &mut Tensor,
+    offset: usize,
+    src: &[T],
+) -> Result<(), ShimError> {
+    check_host::<T>(dst, offset, src.len())?;
+    let base = dst.data_ptr().cast::<T>();
+    // SAFETY: checked above: CPU, T::KIND (whose layout is T's, HostElement), contiguous,
+    // offset + len within numel; data_ptr points at the first element of this view, and src
+    // cannot alias a tensor we hold mutably.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(offset), src.len()) };
+    Ok(())
+}
+
+/// Copies `dst.len()` elements out of the contiguous CPU tensor `src` of `T`s from element
+/// `offset`.
+pub(crate) fn read_host<T: HostElement>(
+    src: &Tensor,
+    offset: usize,
+    dst: &mut [T],
+) -> Result<(), ShimError> {
+    check_host::<T>(src, offset, dst.len())?;
+    let base = src.data_ptr().cast::<T>();
+    // SAFETY: checked above, as in write_host.
+    unsafe { std::ptr::copy_nonoverlapping(base.add(offset), dst.as_mut_ptr(), dst.len()) };
+    Ok(())
+}
+
 fn torch_error(e: tch::TchError) -> ShimError {
     ShimError::Torch(e.to_string())
 }
@@ -105,11 +157,8 @@ pub struct HostTensor<T: HostElement> {
 impl<T: HostElement> HostTensor<T> {
     /// A copy of `src`.
     pub fn from_slice(src: &[T]) -> Result<Self, ShimError> {
-        let tensor = host_buffer::<T>(&[as_i64(src.len())?])?;
-        let base = tensor.data_ptr().cast::<T>();
-        // SAFETY: host_buffer checked a contiguous CPU tensor of src.len() elements of T::KIND,
-        // whose layout is T's (HostElement); no other handle to it exists yet.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base, src.len()) };
+        let mut tensor = host_buffer::<T>(&[as_i64(src.len())?])?;
+        write_host(&mut tensor, 0, src)?;
         Ok(Self {
             tensor,
             element: PhantomData,

@@ -178,5 +178,5 @@ pub(crate) fn torchscript_extra_file(path: &str, name: &str) -> Result<Option<Ve
     ffi::archive_record(path, &format!("extra/{name}"))
 }
 
-pub(crate) use ffi::{jit_set_profiling, read_f32, tensor_copy, write_f32};
-pub(crate) use host::{host_buffer, pin_host_buffers, Download, HostTensor};
+pub(crate) use ffi::{jit_set_profiling, tensor_copy};
+pub(crate) use host::{host_buffer, pin_host_buffers, read_host, write_host, Download, HostTensor};

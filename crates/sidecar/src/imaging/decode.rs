@@ -291,19 +291,15 @@ impl ImageHeader {
     /// What the widest image of `max_pixels` pixels holds ([`Self::host_bytes`] of 16-bit
     /// RGBA): an image-memory budget below it refuses some images the pixel limit accepts.
     pub fn largest_host_bytes(max_pixels: u64) -> u64 {
-        let widest_pixel = ImageHeader {
+        ImageHeader {
             format: SourceFormat::Tiff,
-            width: 1,
+            // One row of them (pixel counts past u32::MAX are beyond any decoder anyway).
+            width: u32::try_from(max_pixels).unwrap_or(u32::MAX),
             height: 1,
-            decoded_bytes: Self::WIDEST_BYTES_PER_PIXEL,
+            decoded_bytes: max_pixels.saturating_mul(Self::WIDEST_BYTES_PER_PIXEL),
             has_alpha: true,
             channels: 3,
             bytes_per_sample: 2,
-        };
-        ImageHeader {
-            width: u32::try_from(max_pixels).unwrap_or(u32::MAX),
-            decoded_bytes: max_pixels.saturating_mul(Self::WIDEST_BYTES_PER_PIXEL),
-            ..widest_pixel
         }
         .host_bytes()
     }
