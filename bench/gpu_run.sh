@@ -18,6 +18,10 @@
 #                                    only while it stays held), or on its own (it exports what is
 #                                    missing); SLOTS, CLIENTS, C_VARIANTS narrow it, STREAMS sets
 #                                    the config's stream count (default 6; 1 makes models take turns)
+#   bash bench/gpu_run.sh variants   attempts beyond `measure`, on its exports (chain after it, with
+#                                    AOTI_STATIC="4 8"): two slots of batch 4 per model, the 4/2/2
+#                                    engine mix on one stream, the CPU stages alone on this host,
+#                                    HTTP with OMP_NUM_THREADS=1 for the sidecar
 #   bash bench/gpu_run.sh smoke      the sidecar smoke against PyTorch alone (about 3 minutes)
 #   bash bench/gpu_run.sh batching   batch formation at 4 and 8 clients, TorchScript HRNet, this
 #                                    build against engine_bench.before (about 3 minutes)
@@ -27,7 +31,7 @@
 # so a call cut short by its time limit still returns what it measured. Files already exported in
 # /tmp/gpupool-gpu (an earlier call on the same machine) are reused.
 set -uo pipefail
-PHASE=${1:?smoke|prepare|measure|final|compiled|batching|baselines}
+PHASE=${1:?smoke|prepare|measure|variants|final|compiled|batching|baselines}
 LIMIT_S=${LIMIT_S:-570}
 WORK=/tmp/gpupool-gpu; MODELS=$WORK/models; mkdir -p "$MODELS"
 # The device tool brings back at most 8 files: results are collected in one folder and packed.
@@ -250,6 +254,44 @@ measure() {
   have_time 100 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
 }
 
+# Attempts beyond `measure` (docs/benchmarks.md, "Next attempts"), each against the figure
+# `measure` gives for the same clients:
+# - two slots of batch 4 per model, on packages compiled for batch 4 (AOTI_STATIC="4 8"): with 8
+#   clients two half batches alternate, so one computes while the other's copies, pre- and
+#   post-processing and its clients' turnaround run, where one slot of 8 leaves the GPU idle then;
+#   the same memory as one batch of 8, so the 22 GiB budget holds;
+# - the 4/2/2 engine mix with one stream for the pool (models take turns at full speed);
+# - the CPU stages alone on this host, idle (decode, mask → polygons): its per-core speed against
+#   the build machine's, to tell a slower core from contention under load;
+# - HTTP per model with the sidecar's OpenMP pool at one thread (libtorch's CPU pool, idle here,
+#   can spin beside the decoding and tracing).
+variants() {
+  export_aoti &
+  local compiling=$!
+  export_ts fp16
+  wait $compiling
+  [[ -s $WORK/spheroids.png ]] || images
+  { nproc; lscpu; } >"$OUT/cpu.txt" 2>&1
+  write_config "$WORK/slots2-batch4.yaml" auto $((22 << 30)) 4 2 8 $MODELS_LIST
+  cp "$WORK/slots2-batch4.yaml" "$OUT/"
+  have_time 120 "slots 2 batch 4" && ENGINE_FLAGS="--each-model" \
+    engine slots2-batch4 "$WORK/slots2-batch4.yaml" 4,8,16 3 $MODELS_LIST
+  STREAMS=1 write_config "$WORK/streams1.yaml" auto $((22 << 30)) 8 1 8 $MODELS_LIST
+  cp "$WORK/streams1.yaml" "$OUT/"
+  have_time 90 "streams 1 mix" && engine streams1-mixed "$WORK/streams1.yaml" 8 5 "${MIX[@]}"
+  have_time 40 "cpu stages" && {
+    "$BIN/decode_bench" "$WORK/spheroids.png" >"$OUT/cpu-decode.jsonl"
+    "$BIN/postprocess_bench" --runs 11 >"$OUT/cpu-postprocess.jsonl"
+    checkpoint
+  }
+  write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 1 8 $MODELS_LIST
+  have_time 100 "http omp 1" && {
+    OMP_NUM_THREADS=1 sidecar "$WORK/budget22.yaml"
+    http_runs
+    stop_sidecar
+  }
+}
+
 # A short check of batch formation (no package to compile): TorchScript HRNet, one slot, 4 and 8
 # clients, the engine alone and HTTP end to end, this build and, if present, an earlier one put
 # in .cache/device by hand as engine_bench.before / gpupool-sidecar.before, in the same call.
@@ -284,6 +326,7 @@ smoke)
 compiled) compiled ;;
 prepare) prepare ;;
 measure) measure ;;
+variants) variants ;;
 final) prepare; measure ;;
 batching) batching ;;
 baselines)
