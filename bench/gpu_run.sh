@@ -16,8 +16,10 @@
 #   bash bench/gpu_run.sh measure    final's second half, on the exports `prepare` left in
 #                                    /tmp/gpupool-gpu (chain the two calls: the machine keeps /tmp
 #                                    only while it stays held), or on its own (it exports what is
-#                                    missing); SLOTS, CLIENTS, C_VARIANTS narrow it, STREAMS sets
-#                                    the config's stream count (default 6; 1 makes models take turns)
+#                                    missing); SLOTS and MAX_BATCH (1 and 8) shape each model's
+#                                    slots, CLIENTS and C_VARIANTS narrow it, STREAMS sets the
+#                                    config's stream count (default 6; 1 makes models take turns),
+#                                    MODES=a,c,d runs those baselines (BASELINES_S: their time)
 #   bash bench/gpu_run.sh variants   attempts beyond `measure`, on its exports (chain after it, with
 #                                    AOTI_STATIC="4 8"): two slots of batch 4 per model, the 4/2/2
 #                                    engine mix on one stream, the CPU stages alone on this host,
@@ -237,21 +239,23 @@ prepare() {
 
 # On the packages (exported first if missing, the TorchScript files meanwhile), with a 22 GiB
 # budget and the three models resident: the engine alone per model over CLIENTS and the 4/2/2 mix,
-# HTTP end to end per model and mixed, then baseline (c) (C_VARIANTS). SLOTS per model: 1 by
-# default, since two batches of 8 of UNet (10.4 GiB each at its peak) or CBAM-ResUNet (9.2 GiB)
-# do not fit 22 GiB beside the weights, so a second slot only shrinks both batches.
+# HTTP end to end per model and mixed, then the baselines (MODES, default c; C_VARIANTS). SLOTS
+# per model: 1 by default, since two batches of 8 of UNet (10.4 GiB each at its peak) or
+# CBAM-ResUNet (9.2 GiB) do not fit 22 GiB beside the weights, so a second slot only shrinks both
+# batches; SLOTS=2 MAX_BATCH=4 (with packages for batch 4, AOTI_STATIC="4 8") takes the memory of
+# one batch of 8, and at 8 clients its two half batches overlap (the variants phase measured it).
 measure() {
   export_aoti &
   local compiling=$!
   export_ts fp16 fp32 # baseline (c)'s autocast variant runs the fp32 file
   wait $compiling
   [[ -s $WORK/spheroids.png ]] || images
-  write_config "$WORK/budget22.yaml" auto $((22 << 30)) 8 "${SLOTS:-1}" 8 $MODELS_LIST
+  write_config "$WORK/budget22.yaml" auto $((22 << 30)) "${MAX_BATCH:-8}" "${SLOTS:-1}" 8 $MODELS_LIST
   cp "$WORK/budget22.yaml" "$OUT/"
   have_time 150 "engine" && ENGINE_FLAGS="--each-model --mixed-clients 8" \
     engine budget22 "$WORK/budget22.yaml" "${CLIENTS:-1,2,4,8,16,32}" 3 "${MIX[@]}"
-  have_time 60 "baselines c" && baselines c "${C_VARIANTS:-fp16:8,autocast:8}" 3
   have_time 100 "http" && { sidecar "$WORK/budget22.yaml"; http_runs; stop_sidecar; }
+  have_time "${BASELINES_S:-60}" "baselines ${MODES:-c}" && baselines "${MODES:-c}" "${C_VARIANTS:-fp16:8,autocast:8}" 3
 }
 
 # Attempts beyond `measure` (docs/benchmarks.md, "Next attempts"), each against the figure

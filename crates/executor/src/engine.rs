@@ -87,6 +87,10 @@ impl Engine {
         if device.is_cuda() {
             crate::cuda::pin_host_buffers();
         }
+        if let Some(threads) = options.cpu_threads_for(device) {
+            tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+            tracing::info!(threads, "libtorch CPU threads");
+        }
         if let Err(e) = crate::cuda::jit_set_profiling(options.torchscript_profiling) {
             tracing::warn!(error = %e, "could not choose the TorchScript executor");
         }

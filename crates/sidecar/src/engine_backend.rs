@@ -32,6 +32,7 @@ impl EngineBackend {
                 warmup: 1,
                 iterations: settings.calibration_iters.max(1),
             },
+            cpu_threads: settings.torch_cpu_threads.map(|n| n as usize),
             ..EngineOptions::default()
         };
         Ok(Self {

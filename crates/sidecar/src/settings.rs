@@ -63,6 +63,11 @@ pub struct Settings {
     /// Calibration iterations per (precision, batch size) at start-up.
     #[arg(long, env = "GPUPOOL_CALIBRATION_ITERS", default_value_t = 3)]
     pub calibration_iters: u32,
+    /// Threads of libtorch's CPU pool. Default: one on a GPU (the models run on the device, and
+    /// an idle pool spinning on every core slows the decoding and tracing beside it), libtorch's
+    /// own default on the CPU.
+    #[arg(long, env = "GPUPOOL_TORCH_CPU_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub torch_cpu_threads: Option<u32>,
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "GPUPOOL_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
