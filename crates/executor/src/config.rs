@@ -72,9 +72,10 @@ pub struct EngineOptions {
     /// autotuning is per thread), so no request pays autotuning for a new shape.
     pub warm_all_batch_sizes: bool,
     /// Threads of libtorch's intra-op CPU pool (process-wide). `None`: one on a GPU, whose model
-    /// work is all on the device (an idle pool of one spinning thread per core competes with the
-    /// decoding and contour tracing beside it: on the H200 host, one thread made HTTP 8–14 %
-    /// faster, docs/benchmarks.md), and libtorch's default (one per core) on the CPU.
+    /// work is all on the device (a pool of one spinning thread per core competes with the
+    /// decoding and contour tracing beside it: on the H200 host `OMP_NUM_THREADS=1` made HTTP
+    /// 8–15 % faster, docs/benchmarks.md; the operator's pods set that variable, which OpenMP
+    /// reads before this can apply), and libtorch's default (one per core) on the CPU.
     pub cpu_threads: Option<usize>,
     /// Source of device memory readings; `None` uses NVML when it is available.
     pub probe: Option<Arc<dyn DeviceProbe>>,

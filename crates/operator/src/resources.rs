@@ -337,6 +337,11 @@ fn env() -> Vec<EnvVar> {
         },
         value("GPUPOOL_SHUTDOWN_SETTLE_MS", SHUTDOWN_SETTLE_SECONDS * 1000),
         value("GPUPOOL_DRAIN_SECONDS", DRAIN_SECONDS),
+        // The models run on the pod's GPU; libtorch's OpenMP pool of one spinning thread per core
+        // only competed with decoding and contour tracing (HTTP 8–15 % faster with one thread on
+        // the H200 host, docs/benchmarks.md). OpenMP reads this when libtorch loads, before the
+        // sidecar's own setting (GPUPOOL_TORCH_CPU_THREADS) can apply.
+        value("OMP_NUM_THREADS", 1),
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
         // The container's memory limit in bytes as the kubelet resolves it (a LimitRange default

@@ -162,6 +162,8 @@ fn deployment_asks_for_one_gpu_on_the_right_nodes() {
     };
     assert_eq!(env("GPUPOOL_SHUTDOWN_SETTLE_MS").as_deref(), Some("5000"));
     assert_eq!(env("GPUPOOL_DRAIN_SECONDS").as_deref(), Some("25"));
+    // The models run on the GPU: libtorch's CPU pool is one thread, set before libtorch loads.
+    assert_eq!(env("OMP_NUM_THREADS").as_deref(), Some("1"));
     assert_eq!(pod.termination_grace_period_seconds, Some(40));
     let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
     assert_eq!(mount.mount_path, CONFIG_MOUNT_PATH);
