@@ -57,6 +57,7 @@ pub fn plan_pool(
                 profile,
                 weight: weights[i],
                 slot_cap: slot_caps[i],
+                users: users[i],
                 batches: candidate_batches(model.max_batch, measured_batches),
                 pinned: model.pinned,
             }

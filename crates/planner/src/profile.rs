@@ -151,9 +151,10 @@ impl ModelProfile {
         self.peak.bytes(batch)
     }
 
-    /// Images per second with `slots` concurrent batches of `batch`.
-    pub fn images_per_second(&self, batch: u32, slots: u32) -> f64 {
-        self.speed.images_per_second(batch, slots)
+    /// Images per second with `slots` concurrent batches of up to `batch` for `users` closed-loop
+    /// users (see `throughput::closed_loop_images_per_second`).
+    pub fn images_per_second(&self, batch: u32, slots: u32, users: u32) -> f64 {
+        crate::throughput::closed_loop_images_per_second(&self.speed, batch, slots, users)
     }
 
     /// Bytes the model reserves while loaded: weights plus `slots` × batch peak (saturating).
@@ -354,7 +355,7 @@ mod tests {
         assert_eq!(profile.weights_bytes, 3000);
         assert_eq!(profile.weights_basis, Basis::Measured);
         assert_eq!(profile.batch_peak_bytes(1), 500);
-        assert_eq!(profile.images_per_second(1, 1), 100.0);
+        assert_eq!(profile.images_per_second(1, 1, 2), 100.0);
         assert_eq!(profile.reservation_bytes(1, 3), 3000 + 3 * 500);
         let estimated = profile_model(&spec(Precision::Fp32), Some(&measured)).expect("valid");
         assert_eq!(estimated.weights_bytes, 6000, "fp16 weights scaled to fp32");

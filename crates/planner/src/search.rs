@@ -71,6 +71,8 @@ pub(crate) struct SearchModel<'a> {
     pub weight: f64,
     /// Most slots this model may get.
     pub slot_cap: u32,
+    /// Concurrent users this model's share of the pod's traffic gives it (closed loop).
+    pub users: u32,
     /// Batch sizes to consider, ascending, starting at 1.
     pub batches: Vec<u32>,
     /// Whether the model must stay resident.
@@ -146,7 +148,10 @@ fn candidates(model: &SearchModel<'_>) -> Vec<Candidate> {
                 batch,
                 slots,
                 units: units_of(model.profile.reservation_bytes(batch, slots)),
-                cost: cost_of(model.weight, model.profile.images_per_second(batch, slots)),
+                cost: cost_of(
+                    model.weight,
+                    model.profile.images_per_second(batch, slots, model.users),
+                ),
             });
         }
     }
@@ -267,7 +272,10 @@ fn fallback_search(models: &[SearchModel<'_>], budget_bytes: u64) -> Option<Outc
             } else {
                 NON_RESIDENT_FACTOR
             };
-            sum + cost_of(model.weight, model.profile.images_per_second(1, 1) * factor)
+            sum + cost_of(
+                model.weight,
+                model.profile.images_per_second(1, 1, model.users) * factor,
+            )
         });
         if best.as_ref().is_none_or(|b| cost < b.cost) {
             best = Some(Outcome { picks, cost });
@@ -319,6 +327,8 @@ mod tests {
             profile,
             weight,
             slot_cap: 2,
+            // More users than the largest batch: no candidate pays the turnaround here.
+            users: 16,
             batches: vec![1, 2, 4, 8],
             pinned,
         }

@@ -13,8 +13,11 @@
 //!
 //! Either way, more slots (CUDA streams) help while a batch leaves the GPU idle: [`slot_gain`]
 //! grows with diminishing returns up to [`MAX_USEFUL_SLOTS`] and shrinks as batches grow, because
-//! models.md measured streams as "a smaller lever" than batching. Only the relative order of the
-//! estimates matters for planning; the pods' measurements replace them.
+//! models.md measured streams as "a smaller lever" than batching. And a lone slot whose batch holds
+//! every one of the model's users leaves the GPU idle between batches while the answers go back
+//! and the users send again, and no batch holds more than its slot's share of the users
+//! ([`closed_loop_images_per_second`]); a second slot's batch runs meanwhile. Only the
+//! relative order of the estimates matters for planning; the pods' measurements replace them.
 
 use gpupool_api::{InputSpec, Precision};
 use std::collections::BTreeMap;
@@ -31,6 +34,33 @@ pub const ESTIMATED_FP32_FACTOR: f64 = 0.75;
 pub const BATCH_SERIAL_FRACTION: f64 = 0.25;
 /// Slots beyond this many add nothing to the estimate, so the planner never plans more per model.
 pub const MAX_USEFUL_SLOTS: u32 = 4;
+
+/// Device time a lone slot loses per batch when its batch holds every user of the model: the
+/// answers go back and the users' next requests arrive before another batch can start. Measured on
+/// the H200 (docs/benchmarks.md, sixth session): one slot of 8 with 8 closed-loop clients took
+/// 3.4–3.8 ms per batch more than its calibrated latency, for each of the three models, while two
+/// slots of 4 ran at the batch-4 calibration or faster.
+pub const TURNAROUND_MS: f64 = 3.5;
+
+/// Images per second of `slots` slots of up to `batch` images serving `users` closed-loop users
+/// (each waits for its answer before sending again): a batch never holds more than a slot's share
+/// of the users (`users / slots`, rounded up), and a lone slot whose batch holds every user waits
+/// [`TURNAROUND_MS`] per batch.
+pub fn closed_loop_images_per_second(
+    curve: &SpeedCurve,
+    batch: u32,
+    slots: u32,
+    users: u32,
+) -> f64 {
+    let slots = slots.max(1);
+    let filled = batch.clamp(1, users.div_ceil(slots).max(1));
+    let rate = curve.images_per_second(filled, slots);
+    if slots > 1 || users > filled || rate <= 0.0 {
+        return rate;
+    }
+    let images = f64::from(filled);
+    images / (images / rate + TURNAROUND_MS / 1000.0)
+}
 
 /// Estimated speedup of one batch of `batch` images over `batch` single images, because batching
 /// is the main lever and has diminishing returns.
@@ -136,6 +166,32 @@ fn measured_rate(points: &[(u32, f64)], batch: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_slot_holding_every_user_pays_the_turnaround() {
+        // HRNet on the H200: batch 4 in 22.0 ms, batch 8 in 37.1 ms (sixth session).
+        let curve = SpeedCurve::measured([(4, 22.0), (8, 37.1)]).expect("points");
+        let rate = |batch, slots, users| closed_loop_images_per_second(&curve, batch, slots, users);
+        let one_of_eight = rate(8, 1, 8);
+        assert!((one_of_eight - 8000.0 / (37.1 + TURNAROUND_MS)).abs() < 1e-9);
+        // Two slots of 4 for the same 8 users: the turnaround hides behind the other slot.
+        assert_eq!(rate(4, 2, 8), curve.images_per_second(4, 2));
+        assert!(rate(4, 2, 8) > one_of_eight);
+        // More users than the batch: the next batch is already queued.
+        assert_eq!(rate(8, 1, 16), curve.images_per_second(8, 1));
+    }
+
+    #[test]
+    fn batches_hold_at_most_a_slots_share_of_the_users() {
+        let curve = SpeedCurve::measured([(1, 10.0), (4, 22.0), (8, 37.1)]).expect("points");
+        let rate = |batch, slots, users| closed_loop_images_per_second(&curve, batch, slots, users);
+        // Two slots of 8 for 8 users fill batches of 4, as two slots of 4 do.
+        assert_eq!(rate(8, 2, 8), rate(4, 2, 8));
+        // Three users never make a batch of 8: it runs as a batch of 3, turnaround included.
+        assert_eq!(rate(8, 1, 3), rate(3, 1, 3));
+        assert!(rate(8, 1, 3) < curve.images_per_second(8, 1));
+        assert!(rate(1, 4, 2) > 0.0, "more slots than users still serve");
+    }
 
     #[test]
     fn batching_helps_with_diminishing_returns() {
