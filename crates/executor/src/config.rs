@@ -75,7 +75,9 @@ pub struct EngineOptions {
     /// work is all on the device (a pool of one spinning thread per core competes with the
     /// decoding and contour tracing beside it: on the H200 host `OMP_NUM_THREADS=1` made HTTP
     /// 8–15 % faster, docs/benchmarks.md; the operator's pods set that variable, which OpenMP
-    /// reads before this can apply), and libtorch's default (one per core) on the CPU.
+    /// reads before this can apply), and libtorch's default (one per core) on the CPU. The setting
+    /// stays for the process: a later engine that leaves it `None` on the CPU keeps what an
+    /// earlier one set.
     pub cpu_threads: Option<usize>,
     /// Source of device memory readings; `None` uses NVML when it is available.
     pub probe: Option<Arc<dyn DeviceProbe>>,

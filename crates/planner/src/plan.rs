@@ -24,8 +24,9 @@ use gpupool_api::{InferencePoolSpec, ModelPlan, PoolPlan, Streams};
 /// again changes nothing), and a larger budget never gives a lower
 /// [`PoolPlan::estimated_images_per_second`] (see search.rs for why).
 ///
-/// `estimated_images_per_second` of a model is its part of the mix the GPU serves when saturated
-/// with the spec's traffic shares; their sum is the pool's images per second per GPU.
+/// `estimated_images_per_second` of a model is its part of the mix the GPU serves to the spec's
+/// concurrent users split by traffic share (each a closed loop: `throughput.rs`); their sum is the
+/// pool's images per second per GPU.
 pub fn plan_pool(
     spec: &InferencePoolSpec,
     measured: &MeasuredProfiles,

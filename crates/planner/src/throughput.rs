@@ -13,11 +13,17 @@
 //!
 //! Either way, more slots (CUDA streams) help while a batch leaves the GPU idle: [`slot_gain`]
 //! grows with diminishing returns up to [`MAX_USEFUL_SLOTS`] and shrinks as batches grow, because
-//! models.md measured streams as "a smaller lever" than batching. And a lone slot whose batch holds
-//! every one of the model's users leaves the GPU idle between batches while the answers go back
-//! and the users send again, and no batch holds more than its slot's share of the users
-//! ([`closed_loop_images_per_second`]); a second slot's batch runs meanwhile. Only the
-//! relative order of the estimates matters for planning; the pods' measurements replace them.
+//! models.md measured streams as "a smaller lever" than batching. And a lone slot that cannot find
+//! a full batch queued when its batch ends (fewer than two batches' worth of users) leaves the GPU
+//! idle while the answers go back and the users send again, and no batch holds more than its
+//! slot's share of the users ([`closed_loop_images_per_second`]); a second slot's batch runs
+//! meanwhile. Only the relative order of the estimates matters for planning; the pods'
+//! measurements replace them.
+//!
+//! Known bias: the turnaround is charged as if it idled the whole GPU, which it did with one model
+//! (where it was measured); in a pool of several models the others' batches may fill it, so there
+//! the estimate favours a second slot a little more than it should (a second slot was never
+//! measured slower).
 
 use gpupool_api::{InputSpec, Precision};
 use std::collections::BTreeMap;
@@ -44,8 +50,10 @@ pub const TURNAROUND_MS: f64 = 3.5;
 
 /// Images per second of `slots` slots of up to `batch` images serving `users` closed-loop users
 /// (each waits for its answer before sending again): a batch never holds more than a slot's share
-/// of the users (`users / slots`, rounded up), and a lone slot whose batch holds every user waits
-/// [`TURNAROUND_MS`] per batch.
+/// of the users (`users / slots`, rounded up, at least one), and a lone slot waits
+/// [`TURNAROUND_MS`] per batch unless a full batch's worth of other users is queued when its batch
+/// ends (`users ≥ 2 × batch`); with the batcher's delay it waits for the returning users to fill
+/// the batch rather than run it short.
 pub fn closed_loop_images_per_second(
     curve: &SpeedCurve,
     batch: u32,
@@ -55,7 +63,7 @@ pub fn closed_loop_images_per_second(
     let slots = slots.max(1);
     let filled = batch.clamp(1, users.div_ceil(slots).max(1));
     let rate = curve.images_per_second(filled, slots);
-    if slots > 1 || users > filled || rate <= 0.0 {
+    if slots > 1 || users >= 2 * filled || rate <= 0.0 {
         return rate;
     }
     let images = f64::from(filled);
@@ -177,8 +185,11 @@ mod tests {
         // Two slots of 4 for the same 8 users: the turnaround hides behind the other slot.
         assert_eq!(rate(4, 2, 8), curve.images_per_second(4, 2));
         assert!(rate(4, 2, 8) > one_of_eight);
-        // More users than the batch: the next batch is already queued.
+        // A full batch of other users queued meanwhile: the next batch starts at once.
         assert_eq!(rate(8, 1, 16), curve.images_per_second(8, 1));
+        // Fewer than that: the next batch waits for returning users too.
+        assert_eq!(rate(4, 1, 6), rate(4, 1, 4));
+        assert!(rate(4, 1, 7) < curve.images_per_second(4, 1));
     }
 
     #[test]

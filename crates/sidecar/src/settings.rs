@@ -65,7 +65,7 @@ pub struct Settings {
     pub calibration_iters: u32,
     /// Threads of libtorch's CPU pool. Default: one on a GPU (the models run on the device, and
     /// an idle pool spinning on every core slows the decoding and tracing beside it), libtorch's
-    /// own default on the CPU.
+    /// own default on the CPU (which `OMP_NUM_THREADS`, set to 1 on the operator's pods, caps).
     #[arg(long, env = "GPUPOOL_TORCH_CPU_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
     pub torch_cpu_threads: Option<u32>,
     /// Log as JSON lines (for log collectors) instead of text.
