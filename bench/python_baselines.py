@@ -219,8 +219,9 @@ def main():
             print(json.dumps(r), flush=True)
             results.append(r)
         torch.cuda.empty_cache()
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+        # Written after every mode, so a device call cut short by its time limit keeps what it measured.
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,9 @@ def curves(root):
         for run in r["runs"]:
             models = run.get("models") or sorted(run["batches"])
             label = "+".join(dict.fromkeys(models)) if len(set(models)) > 1 else models[0]
+            per = run.get("per_model_images_per_second", {})
+            if len(per) > 1:
+                label += " (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items())) + " img/s)"
             used = [b for b in run["batches"].values() if b["images"]]
             mean = sum(b["images"] for b in used) / max(1, sum(b["batches"] for b in used))
             print(f"| {os.path.relpath(path, root)} | {label} | {run['clients']} | {run['images_per_second']:.1f} | {run['p50_ms']:.0f} | "
