@@ -63,7 +63,7 @@ pub fn closed_loop_images_per_second(
     let slots = slots.max(1);
     let filled = batch.clamp(1, users.div_ceil(slots).max(1));
     let rate = curve.images_per_second(filled, slots);
-    if slots > 1 || users >= 2 * filled || rate <= 0.0 {
+    if slots > 1 || users >= filled.saturating_mul(2) || rate <= 0.0 {
         return rate;
     }
     let images = f64::from(filled);

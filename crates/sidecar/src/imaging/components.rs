@@ -214,21 +214,20 @@ impl Components {
                 }))
                 .collect()
         });
-        let mut all = Labelling {
-            runs: Vec::new(),
-            parent: Vec::new(),
+        // The first band's runs and parents stay where they are; the others follow, renumbered,
+        // and each is joined to the one above at their touching rows.
+        let mut parts = labelled.into_iter();
+        let Some((mut all, _, mut above)) = parts.next() else {
+            return Self::default();
         };
-        let mut above: Option<std::ops::Range<usize>> = None;
-        for (band, first_row, last_row) in labelled {
+        let shift = |rows: std::ops::Range<usize>, by: usize| rows.start + by..rows.end + by;
+        for (band, first_row, last_row) in parts {
             let offset = all.runs.len();
             all.runs.extend(band.runs);
             all.parent
                 .extend(band.parent.into_iter().map(|p| p + offset));
-            let first_row = first_row.start + offset..first_row.end + offset;
-            if let Some(above) = above {
-                all.join(above, first_row, reach);
-            }
-            above = Some(last_row.start + offset..last_row.end + offset);
+            all.join(above, shift(first_row, offset), reach);
+            above = shift(last_row, offset);
         }
         let roots = (0..all.runs.len())
             .map(|i| find(&mut all.parent, i))
