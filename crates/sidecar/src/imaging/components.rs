@@ -88,8 +88,8 @@ fn find(parent: &mut [usize], mut i: usize) -> usize {
 
 /// Most horizontal bands one labelling is split into, each labelled on its own thread: a request's
 /// post-processing is on its critical path, and a GPU host has cores to spare beside the requests
-/// in flight (8 closed-loop clients keep at most 8 of the H200 host's 16 busy). Two bands took a
-/// 1280×960 noise mask's labelling from 9.3 to 6.2 ms on the 2-core build machine
+/// in flight (8 closed-loop clients keep at most 8 of the H200 host's 16 busy). With two bands on
+/// the 2-core build machine a 1280×960 noise mask's polygons took 7 % less time
 /// (docs/benchmarks.md); four leave cores to the other requests.
 const MAX_BANDS: usize = 4;
 /// Fewest rows a band has: below this, a thread costs more than it saves.
